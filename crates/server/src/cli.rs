@@ -1,0 +1,534 @@
+//! The command line: `sealroom serve` and the admin commands (users, devices, meetings,
+//! audit) that work on the data directory of a running or stopped server.
+
+use crate::admin_socket::{notify, AdminNotice};
+use crate::config::{Config, DataArgs, ServeArgs};
+use crate::http::Error;
+use crate::ops;
+use crate::server::open_data;
+use crate::state::unix_now;
+use clap::{Parser, Subcommand};
+use sealroom_proto::{CreateMeeting, Role};
+use serde_json::json;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+/// sealroom: self-hosted, end-to-end encrypted conferences that cannot leak.
+#[derive(Debug, Parser)]
+#[command(name = "sealroom", version)]
+pub struct Cli {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Print results as JSON (for scripts).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run the server (local mode on http://localhost:8443 with no configuration).
+    Serve(ServeArgs),
+    /// Manage people.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Manage devices.
+    #[command(subcommand)]
+    Device(DeviceCmd),
+    /// Manage meetings.
+    #[command(subcommand)]
+    Meeting(MeetingCmd),
+    /// Check the audit log.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCmd {
+    /// Create a user and print their single-use enrolment link.
+    Add {
+        name: String,
+        #[arg(long, default_value = "member")]
+        role: String,
+        /// Name shown to others (default: the user name).
+        #[arg(long)]
+        display_name: Option<String>,
+    },
+    /// List users and their devices.
+    List,
+    /// Print a new enrolment link for an existing user.
+    Enrol { name: String },
+    /// Disable a user: ends their sessions and closes their sockets at once.
+    Disable { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeviceCmd {
+    /// Revoke a device: ends its sessions and closes its sockets at once.
+    Revoke { id: String },
+    /// Approve (or with --no, withdraw approval of) a device for restricted meetings.
+    Approve {
+        id: String,
+        #[arg(long)]
+        no: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum MeetingCmd {
+    /// Create a meeting; prints its id and URL. The first host is its organiser.
+    Create {
+        #[arg(long)]
+        title: String,
+        #[arg(long, default_value = "internal")]
+        level: String,
+        /// Comma-separated user names to invite.
+        #[arg(long, value_delimiter = ',', default_value = "")]
+        invite: Vec<String>,
+        /// Comma-separated user names who host (at least one; the first is the organiser).
+        #[arg(long, value_delimiter = ',', required = true)]
+        host: Vec<String>,
+        /// Hold non-hosts in a lobby until a host admits them.
+        #[arg(long)]
+        lobby: bool,
+        #[arg(long, default_value_t = 50)]
+        capacity: u32,
+        /// Start, unix seconds.
+        #[arg(long)]
+        starts_at: Option<i64>,
+        /// End, unix seconds.
+        #[arg(long)]
+        ends_at: Option<i64>,
+    },
+    /// List meetings.
+    List,
+    /// Lock a meeting (no new joins).
+    Lock { id: String },
+    /// Unlock a meeting.
+    Unlock { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCmd {
+    /// Recompute the hash chain and check signed checkpoints; exits 1 at the first bad entry.
+    Verify,
+    /// Print the log (for investigators); optionally only entries about one meeting.
+    Show {
+        #[arg(long)]
+        meeting: Option<String>,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SEALROOM_LOG")
+                .unwrap_or_else(|_| "sealroom=info,warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn api_err(e: Error) -> anyhow::Error {
+    match e {
+        Error::BadRequest(_, m) | Error::Conflict(_, m) => anyhow::anyhow!(m),
+        Error::NotFound => anyhow::anyhow!("not found"),
+        other => anyhow::anyhow!("{other:?}"),
+    }
+}
+
+/// The public origin the CLI prints links for (as the server would compute it).
+fn origin(cfg: &Config) -> String {
+    match &cfg.public_url {
+        Some(u) => u.trim_end_matches('/').to_string(),
+        None if cfg.local_mode() => format!("http://localhost:{}", cfg.listen.port()),
+        None => format!("https://{}", cfg.listen),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let json_out = cli.json;
+    let print = |human: String, value: serde_json::Value| {
+        if json_out {
+            println!("{value}");
+        } else {
+            println!("{human}");
+        }
+    };
+    if let Cmd::Serve(flags) = &cli.cmd {
+        return serve(Config::resolve(&cli.data, flags)?).await;
+    }
+    let cfg = Config::resolve(&cli.data, &ServeArgs::default())?;
+    let (keys, store) = open_data(&cfg.data_dir).await?;
+    let actor = format!(
+        "cli:uid{}",
+        std::fs::metadata("/proc/self")
+            .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+            .unwrap_or(0)
+    );
+    match cli.cmd {
+        Cmd::Serve(_) => unreachable!("handled above"),
+        Cmd::User(UserCmd::Add {
+            name,
+            role,
+            display_name,
+        }) => {
+            let role = Role::parse(&role).ok_or_else(|| {
+                anyhow::anyhow!("unknown role {role}: use admin, organiser or member")
+            })?;
+            let link = ops::create_user(
+                &store,
+                &cfg,
+                &origin(&cfg),
+                &name,
+                display_name.as_deref().unwrap_or(&name),
+                role,
+                &actor,
+            )
+            .await
+            .map_err(api_err)?;
+            print(
+                format!(
+                    "Created {name} ({}). Enrolment link (single use, expires in {} h):\n{}",
+                    role.as_str(),
+                    (link.enrolment.expires_at - unix_now() + 1800) / 3600,
+                    link.url
+                ),
+                json!({"user": name, "role": role.as_str(), "enrolment_url": link.url, "expires_at": link.enrolment.expires_at}),
+            );
+        }
+        Cmd::User(UserCmd::List) => {
+            let mut rows = Vec::new();
+            for u in store.users().await? {
+                let devices: Vec<_> = store
+                    .devices_of(&u.id)
+                    .await?
+                    .into_iter()
+                    .map(|d| json!({"id": d.id, "name": d.name, "kind": d.kind, "revoked": d.revoked(), "restricted_ok": d.restricted_ok}))
+                    .collect();
+                rows.push(json!({"id": u.id, "name": u.name, "display_name": u.display_name, "role": u.role, "disabled": u.disabled, "devices": devices}));
+            }
+            if json_out {
+                println!("{}", serde_json::Value::Array(rows));
+            } else {
+                for r in rows {
+                    println!(
+                        "{:<20} {:<10} {}{}",
+                        r["name"].as_str().unwrap_or(""),
+                        r["role"].as_str().unwrap_or(""),
+                        r["display_name"].as_str().unwrap_or(""),
+                        if r["disabled"] == true {
+                            "  [disabled]"
+                        } else {
+                            ""
+                        }
+                    );
+                    for d in r["devices"].as_array().into_iter().flatten() {
+                        println!(
+                            "    device {} {:<8} {}{}",
+                            d["id"].as_str().unwrap_or(""),
+                            d["kind"].as_str().unwrap_or(""),
+                            d["name"].as_str().unwrap_or(""),
+                            if d["revoked"] == true {
+                                "  [revoked]"
+                            } else {
+                                ""
+                            }
+                        );
+                    }
+                }
+            }
+        }
+        Cmd::User(UserCmd::Enrol { name }) => {
+            let u = store
+                .user_by_name(&name)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no user named {name}"))?;
+            if u.disabled {
+                anyhow::bail!("{name} is disabled");
+            }
+            let link = ops::new_enrolment(
+                &store,
+                &origin(&cfg),
+                &u,
+                ops::expiry_for(&cfg.enrolment, u.role()),
+                false,
+                &actor,
+            )
+            .await
+            .map_err(api_err)?;
+            print(
+                link.url.clone(),
+                json!({"user": name, "enrolment_url": link.url, "expires_at": link.enrolment.expires_at}),
+            );
+        }
+        Cmd::User(UserCmd::Disable { name }) => {
+            let u = store
+                .user_by_name(&name)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no user named {name}"))?;
+            ops::disable_user(&store, &u, &actor)
+                .await
+                .map_err(api_err)?;
+            let live = notify(
+                &cfg.data_dir,
+                &AdminNotice::UserDisabled {
+                    user_id: u.id.clone(),
+                },
+            )
+            .await;
+            print(
+                format!(
+                    "Disabled {name}{}",
+                    if live { " (running server told)" } else { "" }
+                ),
+                json!({"user": name, "disabled": true, "server_notified": live}),
+            );
+        }
+        Cmd::Device(DeviceCmd::Revoke { id }) => {
+            let changed = ops::revoke_device(&store, &id, &actor, "revoked from the command line")
+                .await
+                .map_err(api_err)?;
+            let live = notify(
+                &cfg.data_dir,
+                &AdminNotice::DeviceRevoked {
+                    device_id: id.clone(),
+                },
+            )
+            .await;
+            print(
+                format!(
+                    "{} device {id}{}",
+                    if changed {
+                        "Revoked"
+                    } else {
+                        "Already revoked:"
+                    },
+                    if live { " (running server told)" } else { "" }
+                ),
+                json!({"device": id, "revoked": true, "changed": changed, "server_notified": live}),
+            );
+        }
+        Cmd::Device(DeviceCmd::Approve { id, no }) => {
+            let mut tx = store.begin().await?;
+            tx.set_device_restricted(&id, !no)
+                .await
+                .map_err(|_| anyhow::anyhow!("no device {id}"))?;
+            tx.audit(sealroom_store::AuditEntry {
+                at: unix_now(),
+                kind: "device.restricted_approval".into(),
+                actor: actor.clone(),
+                subject: format!("device:{id}"),
+                source: String::new(),
+                detail: json!({"allowed": !no}).to_string(),
+            })
+            .await?;
+            tx.commit().await?;
+            print(
+                format!(
+                    "Device {id} {} for restricted meetings",
+                    if no { "not approved" } else { "approved" }
+                ),
+                json!({"device": id, "restricted_ok": !no}),
+            );
+        }
+        Cmd::Meeting(MeetingCmd::Create {
+            title,
+            level,
+            invite,
+            host,
+            lobby,
+            capacity,
+            starts_at,
+            ends_at,
+        }) => {
+            let level = ops::parse_level(&level).map_err(api_err)?;
+            let organiser_name = host.first().cloned().unwrap_or_default();
+            let organiser = store
+                .user_by_name(&organiser_name)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no user named {organiser_name}"))?;
+            let req = CreateMeeting {
+                title,
+                level,
+                invitees: invite,
+                hosts: host,
+                starts_at,
+                ends_at,
+                lobby,
+                capacity,
+            };
+            let id = ops::create_meeting(&store, &organiser, &req, &actor)
+                .await
+                .map_err(api_err)?;
+            let url = format!("{}/m/{id}", origin(&cfg));
+            print(format!("{id}\n{url}"), json!({"id": id, "url": url}));
+        }
+        Cmd::Meeting(MeetingCmd::List) => {
+            let mut rows = Vec::new();
+            for m in store.all_meetings().await? {
+                let inv = store.invitees(&m.id).await?;
+                rows.push(json!({"id": m.id, "title": m.title, "level": m.level, "lobby": m.lobby, "locked": m.locked, "capacity": m.capacity,
+                    "starts_at": m.starts_at, "ends_at": m.ends_at,
+                    "invitees": inv.iter().map(|i| &i.0).collect::<Vec<_>>(), "hosts": inv.iter().filter(|i| i.1).map(|i| &i.0).collect::<Vec<_>>()}));
+            }
+            if json_out {
+                println!("{}", serde_json::Value::Array(rows));
+            } else {
+                for r in rows {
+                    println!(
+                        "{} {:<10} {}{}",
+                        r["id"].as_str().unwrap_or(""),
+                        r["level"].as_str().unwrap_or(""),
+                        r["title"].as_str().unwrap_or(""),
+                        if r["locked"] == true {
+                            "  [locked]"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+            }
+        }
+        Cmd::Meeting(cmd @ (MeetingCmd::Lock { .. } | MeetingCmd::Unlock { .. })) => {
+            let (id, locked) = match cmd {
+                MeetingCmd::Lock { id } => (id, true),
+                MeetingCmd::Unlock { id } => (id, false),
+                _ => unreachable!("matched above"),
+            };
+            let mut tx = store.begin().await?;
+            tx.set_meeting_locked(&id, locked)
+                .await
+                .map_err(|_| anyhow::anyhow!("no meeting {id}"))?;
+            tx.audit(sealroom_store::AuditEntry {
+                at: unix_now(),
+                kind: if locked {
+                    "meeting.locked"
+                } else {
+                    "meeting.unlocked"
+                }
+                .into(),
+                actor: actor.clone(),
+                subject: format!("meeting:{id}"),
+                source: String::new(),
+                detail: "{}".into(),
+            })
+            .await?;
+            tx.commit().await?;
+            let live = notify(
+                &cfg.data_dir,
+                &AdminNotice::MeetingLocked {
+                    meeting_id: id.clone(),
+                },
+            )
+            .await;
+            print(
+                format!(
+                    "Meeting {id} {}",
+                    if locked { "locked" } else { "unlocked" }
+                ),
+                json!({"id": id, "locked": locked, "server_notified": live}),
+            );
+        }
+        Cmd::Audit(AuditCmd::Verify) => {
+            let result =
+                sealroom_store::audit::verify(store.pool(), &keys.audit.verifying_key()).await?;
+            return Ok(match result {
+                Ok(r) => {
+                    print(
+                        format!(
+                            "audit log OK: {} entries, {} signed checkpoints, head {}",
+                            r.entries, r.checkpoints, r.head_hash
+                        ),
+                        json!({"ok": true, "entries": r.entries, "checkpoints": r.checkpoints, "head": r.head_hash}),
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    print(
+                        format!("audit log BROKEN: {e}"),
+                        json!({"ok": false, "first_bad_entry": e.seq(), "error": e.to_string()}),
+                    );
+                    ExitCode::FAILURE
+                }
+            });
+        }
+        Cmd::Audit(AuditCmd::Show { meeting }) => {
+            for e in sealroom_store::audit::entries(store.pool()).await? {
+                if let Some(m) = &meeting {
+                    if e.entry.subject != format!("meeting:{m}") {
+                        continue;
+                    }
+                }
+                print(
+                    format!(
+                        "{:>6} {} {:<22} {:<40} {:<30} {} {}",
+                        e.seq,
+                        e.entry.at,
+                        e.entry.kind,
+                        e.entry.actor,
+                        e.entry.subject,
+                        e.entry.source,
+                        e.entry.detail
+                    ),
+                    json!({"seq": e.seq, "at": e.entry.at, "kind": e.entry.kind, "actor": e.entry.actor, "subject": e.entry.subject, "source": e.entry.source, "detail": serde_json::from_str::<serde_json::Value>(&e.entry.detail).unwrap_or_default(), "hash": e.hash}),
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<ExitCode> {
+    let local = cfg.local_mode();
+    let running = crate::server::start(cfg).await?;
+    println!(
+        "sealroom listening on {} — open {}",
+        running.addr, running.origin
+    );
+    if local {
+        println!("Local mode: plain HTTP on loopback only (browsers treat localhost as a secure context).");
+    }
+    if let (Some(link), Some(file)) = (&running.first_admin_link, &running.first_admin_file) {
+        if std::io::stdout().is_terminal() {
+            println!("\nNo admin exists yet. Enrol the first admin from this machine within 30 minutes:\n\n  {link}\n");
+        } else {
+            println!("\nNo admin exists yet. The first-admin enrolment link (loopback only, 30 minutes) is in {} (mode 0600).", file.display());
+        }
+    }
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => { r?; }
+        _ = terminate() => {}
+    }
+    println!("shutting down");
+    running.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn terminate() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(_) => std::future::pending().await,
+    }
+}

@@ -1,0 +1,359 @@
+//! Configuration: a TOML file, overridden by environment variables and flags (clap derive; the
+//! doc comments are `sealroom serve --help`). Passed around as a value, never a global.
+
+use anyhow::{bail, Context};
+use clap::Args;
+use sealroom_policy::{Levels, NetworkRules};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Flags shared by every command that touches the data directory.
+#[derive(Debug, Clone, Args)]
+pub struct DataArgs {
+    /// Data directory (database, keys, certificates, admin socket).
+    #[arg(
+        long,
+        env = "SEALROOM_DATA_DIR",
+        default_value = "./sealroom-data",
+        global = true
+    )]
+    pub data_dir: PathBuf,
+    /// TOML configuration file (default: <data-dir>/sealroom.toml if it exists).
+    #[arg(long, env = "SEALROOM_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+}
+
+/// `sealroom serve` flags. Each overrides the same setting in the TOML file.
+#[derive(Debug, Clone, Args, Default)]
+pub struct ServeArgs {
+    /// Address for HTTPS/HTTP (web client, API, WebSocket). Non-loopback addresses need TLS.
+    /// [default: 127.0.0.1:8443]
+    #[arg(long, env = "SEALROOM_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Public URL users open, used as the WebAuthn origin and RP id and for the Host and Origin
+    /// checks. [default: http://localhost:<port> on loopback, https://<listen> with TLS]
+    #[arg(long, env = "SEALROOM_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// TLS certificate chain (PEM).
+    #[arg(long, env = "SEALROOM_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "SEALROOM_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Generate a local CA (name-constrained to the public host; its key is not kept) and a
+    /// server certificate in the data directory, and print how to trust the CA.
+    #[arg(long, env = "SEALROOM_TLS_SELF_SIGNED")]
+    pub tls_self_signed: bool,
+    /// Name of the first admin created on an empty database. [default: admin]
+    #[arg(long, env = "SEALROOM_FIRST_ADMIN")]
+    pub first_admin: Option<String>,
+}
+
+/// Rate limits: attempts per minute (with an equal burst) per source address and per account.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimits {
+    pub login_per_ip: u32,
+    pub enrol_per_ip: u32,
+    pub join_per_ip: u32,
+    pub join_per_account: u32,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            login_per_ip: 30,
+            enrol_per_ip: 20,
+            join_per_ip: 60,
+            join_per_account: 30,
+        }
+    }
+}
+
+/// The TOML file.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub public_url: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_self_signed: Option<bool>,
+    pub first_admin: Option<String>,
+    pub rate_limits: RateLimits,
+    pub levels: Option<Levels>,
+    pub networks: NetworkRules,
+    /// In local mode (loopback listener), a loopback client satisfies every level's ranges.
+    /// [default: true]
+    pub local_mode_loopback_is_internal: Option<bool>,
+    pub session: SessionLimits,
+    pub enrolment: EnrolmentLimits,
+    /// Joining is allowed this many seconds before a meeting's start. [default: 600]
+    pub early_join_secs: Option<i64>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionLimits {
+    pub idle_secs: i64,
+    pub absolute_secs: i64,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits {
+            idle_secs: 30 * 60,
+            absolute_secs: 12 * 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnrolmentLimits {
+    /// Lifetime of an enrolment link for members and organisers.
+    pub expiry_secs: i64,
+    /// Lifetime of an enrolment link for admins.
+    pub admin_expiry_secs: i64,
+    /// Lifetime of the first-admin link.
+    pub first_admin_expiry_secs: i64,
+}
+
+impl Default for EnrolmentLimits {
+    fn default() -> Self {
+        EnrolmentLimits {
+            expiry_secs: 24 * 3600,
+            admin_expiry_secs: 3600,
+            first_admin_expiry_secs: 30 * 60,
+        }
+    }
+}
+
+/// How the listener is secured.
+#[derive(Debug, Clone)]
+pub enum Tls {
+    /// Plain HTTP; only allowed on loopback (local mode).
+    None,
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+    },
+    SelfSigned,
+}
+
+/// The resolved configuration of a running server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Set explicitly; otherwise derived from the bound address at start.
+    pub public_url: Option<String>,
+    pub tls: Tls,
+    pub first_admin: String,
+    pub rate_limits: RateLimits,
+    pub levels: Levels,
+    pub networks: NetworkRules,
+    pub session: SessionLimits,
+    pub enrolment: EnrolmentLimits,
+    pub early_join_secs: i64,
+}
+
+impl Config {
+    /// Local mode: plain HTTP on a loopback listener.
+    pub fn local_mode(&self) -> bool {
+        self.listen.ip().is_loopback() && matches!(self.tls, Tls::None)
+    }
+
+    /// Defaults for tests: port 0 on loopback, everything else as shipped.
+    pub fn test_config(data_dir: PathBuf) -> Config {
+        let mut c = Config::resolve(
+            &DataArgs {
+                data_dir,
+                config: None,
+            },
+            &ServeArgs {
+                listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+                ..ServeArgs::default()
+            },
+        )
+        .expect("the shipped defaults are valid");
+        c.levels.internal.networks.clear();
+        c
+    }
+
+    /// Merge file, environment and flags (flags win), and validate.
+    pub fn resolve(data: &DataArgs, flags: &ServeArgs) -> anyhow::Result<Config> {
+        let file = load_file(data)?;
+        let listen = flags
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8443)));
+        let tls = match (
+            flags.tls_cert.clone().or(file.tls_cert.clone()),
+            flags.tls_key.clone().or(file.tls_key.clone()),
+            flags.tls_self_signed || file.tls_self_signed.unwrap_or(false),
+        ) {
+            (Some(cert), Some(key), false) => Tls::Files { cert, key },
+            (None, None, true) => Tls::SelfSigned,
+            (None, None, false) => Tls::None,
+            (Some(_), Some(_), true) => {
+                bail!("choose either --tls-cert/--tls-key or --tls-self-signed")
+            }
+            _ => bail!("--tls-cert and --tls-key go together"),
+        };
+        if !listen.ip().is_loopback() && matches!(tls, Tls::None) {
+            bail!(
+                "refusing to listen on {listen} without TLS: a non-loopback address needs \
+                 --tls-cert/--tls-key or --tls-self-signed"
+            );
+        }
+        let public_url = flags.public_url.clone().or(file.public_url.clone());
+        if let Some(u) = &public_url {
+            let parsed = url::Url::parse(u).with_context(|| format!("public URL {u}"))?;
+            if parsed.scheme() == "http" && !matches!(tls, Tls::None) {
+                bail!("public URL {u} is http but TLS is configured");
+            }
+            if parsed.scheme() == "https" && matches!(tls, Tls::None) {
+                bail!("public URL {u} is https but no TLS is configured");
+            }
+            if parsed.host_str().is_none() || parsed.path() != "/" {
+                bail!("public URL {u} must be scheme://host[:port] with no path");
+            }
+        }
+        let levels = file.levels.clone().unwrap_or_default();
+        let mut networks = file.networks.clone();
+        let mut known: Vec<ipnet::IpNet> = levels
+            .open
+            .networks
+            .iter()
+            .chain(&levels.internal.networks)
+            .chain(&levels.restricted.networks)
+            .copied()
+            .collect();
+        known.sort();
+        known.dedup();
+        networks.known_ranges = known;
+        let cfg = Config {
+            data_dir: data.data_dir.clone(),
+            listen,
+            public_url,
+            tls,
+            first_admin: flags
+                .first_admin
+                .clone()
+                .or(file.first_admin.clone())
+                .unwrap_or_else(|| "admin".into()),
+            rate_limits: file.rate_limits.clone(),
+            levels,
+            networks,
+            session: file.session.clone(),
+            enrolment: file.enrolment.clone(),
+            early_join_secs: file.early_join_secs.unwrap_or(600),
+        };
+        let mut cfg = cfg;
+        cfg.networks.local_mode =
+            cfg.local_mode() && file.local_mode_loopback_is_internal.unwrap_or(true);
+        Ok(cfg)
+    }
+}
+
+fn load_file(data: &DataArgs) -> anyhow::Result<FileConfig> {
+    let path = match &data.config {
+        Some(p) => p.clone(),
+        None => {
+            let p = data.data_dir.join("sealroom.toml");
+            if !p.exists() {
+                return Ok(FileConfig::default());
+            }
+            p
+        }
+    };
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(dir: &std::path::Path, toml: Option<&str>) -> DataArgs {
+        let config = toml.map(|t| {
+            let p = dir.join("c.toml");
+            std::fs::write(&p, t).expect("write config");
+            p
+        });
+        DataArgs {
+            data_dir: dir.to_path_buf(),
+            config,
+        }
+    }
+
+    #[test]
+    fn defaults_are_local_mode_on_loopback() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let c = Config::resolve(&data(d.path(), None), &ServeArgs::default()).expect("resolve");
+        assert_eq!(c.listen, "127.0.0.1:8443".parse().expect("addr"));
+        assert!(c.local_mode());
+        assert!(c.networks.local_mode);
+    }
+
+    #[test]
+    fn non_loopback_without_tls_is_refused() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let flags = ServeArgs {
+            listen: Some("198.18.0.1:8443".parse().expect("addr")),
+            ..ServeArgs::default()
+        };
+        let err = Config::resolve(&data(d.path(), None), &flags).expect_err("must refuse");
+        assert!(err.to_string().contains("without TLS"), "{err}");
+        let flags = ServeArgs {
+            tls_self_signed: true,
+            ..flags
+        };
+        assert!(Config::resolve(&data(d.path(), None), &flags).is_ok());
+    }
+
+    #[test]
+    fn file_settings_apply_and_flags_win() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let toml = r#"
+listen = "127.0.0.1:9000"
+[rate_limits]
+join_per_ip = 5
+[networks]
+deny = ["198.18.9.0/24"]
+[levels.open]
+any_network = true
+allow_software_devices = false
+[levels.internal]
+networks = ["198.18.1.0/24"]
+[levels.restricted]
+networks = ["198.18.1.0/24"]
+require_approved_device = true
+force_lobby = true
+"#;
+        let flags = ServeArgs {
+            listen: Some("127.0.0.1:9100".parse().expect("addr")),
+            ..ServeArgs::default()
+        };
+        let c = Config::resolve(&data(d.path(), Some(toml)), &flags).expect("resolve");
+        assert_eq!(c.listen.port(), 9100);
+        assert_eq!(c.rate_limits.join_per_ip, 5);
+        assert!(!c.levels.open.allow_software_devices);
+        assert_eq!(c.networks.known_ranges.len(), 1);
+        assert_eq!(c.networks.deny.len(), 1);
+    }
+
+    #[test]
+    fn unknown_keys_are_an_error() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let err = Config::resolve(
+            &data(d.path(), Some("listn = \"x\"")),
+            &ServeArgs::default(),
+        )
+        .expect_err("typo must fail");
+        assert!(format!("{err:#}").contains("listn"), "{err:#}");
+    }
+}

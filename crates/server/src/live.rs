@@ -1,0 +1,367 @@
+//! The live state of meetings: who is admitted, who waits in the lobby, and every open socket,
+//! so that removal, lock-out and revocation reach open sockets at once.
+//!
+//! Sockets own a channel receiver; the hub only ever sends to it (never blocks, never awaits),
+//! so it is safe to act on it under its mutex. What is durable (decisions) is in the store;
+//! this is only what is true right now and vanishes on restart.
+
+use sealroom_proto::{LobbyEntry, MeetingInfo, Participant, RefusalReason, ServerMsg};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use tokio::sync::mpsc::UnboundedSender;
+
+/// Sent by the hub to one socket task.
+#[derive(Debug)]
+pub enum Notice {
+    /// Forward this message to the client.
+    Send(ServerMsg),
+    /// A host admitted this socket from the lobby.
+    Admitted,
+    /// Participation (or lobby wait) ends for this reason; the socket stays open.
+    Ended(RefusalReason),
+    /// The session is over (device revoked, user disabled, logout): close the socket.
+    Close(RefusalReason),
+}
+
+pub type SocketId = u64;
+
+/// What the hub knows about an open socket.
+#[derive(Debug, Clone)]
+pub struct SocketHandle {
+    pub user_id: String,
+    pub device_id: String,
+    pub session_hash: String,
+    pub tx: UnboundedSender<Notice>,
+}
+
+#[derive(Debug, Clone)]
+struct Member {
+    socket: SocketId,
+    participant: Participant,
+    lobby: LobbyEntry,
+    user_id: String,
+}
+
+#[derive(Debug, Default)]
+struct Room {
+    info: Option<MeetingInfo>,
+    admitted: Vec<Member>,
+    lobby: Vec<Member>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    next_socket: SocketId,
+    sockets: HashMap<SocketId, SocketHandle>,
+    rooms: HashMap<String, Room>,
+}
+
+/// Live meetings and sockets.
+#[derive(Debug, Default)]
+pub struct Hub {
+    inner: Mutex<Inner>,
+}
+
+/// A member found by a host action.
+#[derive(Debug, Clone)]
+pub struct Found {
+    pub socket: SocketId,
+    pub user_id: String,
+    pub user_name: String,
+    pub device_id: String,
+}
+
+impl Hub {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock would be a bug in this file; recover the data anyway
+        // rather than take the whole server down.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn register(&self, handle: SocketHandle) -> SocketId {
+        let mut g = self.lock();
+        g.next_socket += 1;
+        let id = g.next_socket;
+        g.sockets.insert(id, handle);
+        id
+    }
+
+    /// Update the session a socket belongs to (after a login on an open socket is not
+    /// supported; this exists for unauthenticated sockets, which are not registered).
+    pub fn unregister(&self, socket: SocketId) {
+        let mut g = self.lock();
+        g.sockets.remove(&socket);
+        let rooms: Vec<String> = g.rooms.keys().cloned().collect();
+        for room in rooms {
+            remove_from_room(&mut g, &room, socket);
+        }
+    }
+
+    /// Admitted participants of a meeting (count used by the capacity rule).
+    pub fn admitted_count(&self, meeting_id: &str, except_device: &str) -> u32 {
+        let g = self.lock();
+        g.rooms
+            .get(meeting_id)
+            .map(|r| {
+                r.admitted
+                    .iter()
+                    .filter(|m| {
+                        g.sockets
+                            .get(&m.socket)
+                            .is_some_and(|s| s.device_id != except_device)
+                    })
+                    .count() as u32
+            })
+            .unwrap_or(0)
+    }
+
+    /// The same device already in this meeting (a second tab, or a reconnect) is replaced.
+    pub fn replace_device(&self, meeting_id: &str, device_id: &str, socket: SocketId) {
+        let mut g = self.lock();
+        let old: Vec<SocketId> = g
+            .rooms
+            .get(meeting_id)
+            .map(|r| {
+                r.admitted
+                    .iter()
+                    .chain(&r.lobby)
+                    .map(|m| m.socket)
+                    .filter(|s| *s != socket)
+                    .filter(|s| g.sockets.get(s).is_some_and(|h| h.device_id == device_id))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for s in old {
+            if let Some(h) = g.sockets.get(&s) {
+                let _ = h.tx.send(Notice::Ended(RefusalReason::SessionEnded));
+            }
+            remove_from_room(&mut g, meeting_id, s);
+        }
+    }
+
+    /// Put a socket into the lobby; hosts are told.
+    pub fn enter_lobby(
+        &self,
+        meeting_id: &str,
+        socket: SocketId,
+        user_id: &str,
+        participant: Participant,
+        lobby: LobbyEntry,
+    ) {
+        let mut g = self.lock();
+        let room = g.rooms.entry(meeting_id.to_string()).or_default();
+        room.lobby.push(Member {
+            socket,
+            participant,
+            lobby,
+            user_id: user_id.into(),
+        });
+        notify_hosts(&g, meeting_id);
+    }
+
+    /// Admit a socket (directly, or from the lobby by [`Hub::take_from_lobby`]). Returns the
+    /// participant list to send it.
+    pub fn admit(
+        &self,
+        meeting_id: &str,
+        info: MeetingInfo,
+        socket: SocketId,
+        user_id: &str,
+        participant: Participant,
+        lobby: LobbyEntry,
+    ) -> Vec<Participant> {
+        let mut g = self.lock();
+        let room = g.rooms.entry(meeting_id.to_string()).or_default();
+        room.info = Some(info);
+        room.lobby.retain(|m| m.socket != socket);
+        room.admitted.push(Member {
+            socket,
+            participant,
+            lobby,
+            user_id: user_id.into(),
+        });
+        let list = participants(room);
+        broadcast_participants(&g, meeting_id);
+        notify_hosts(&g, meeting_id);
+        list
+    }
+
+    /// Remove a lobby entry (admit or refuse by a host).
+    pub fn take_from_lobby(
+        &self,
+        meeting_id: &str,
+        participant_id: &str,
+    ) -> Option<(Found, Participant, LobbyEntry)> {
+        let mut g = self.lock();
+        let room = g.rooms.get_mut(meeting_id)?;
+        let pos = room
+            .lobby
+            .iter()
+            .position(|m| m.participant.id == participant_id)?;
+        let m = room.lobby.remove(pos);
+        let found = found(&g, &m)?;
+        notify_hosts(&g, meeting_id);
+        Some((found, m.participant, m.lobby))
+    }
+
+    /// Find an admitted participant.
+    pub fn find_admitted(&self, meeting_id: &str, participant_id: &str) -> Option<Found> {
+        let g = self.lock();
+        let room = g.rooms.get(meeting_id)?;
+        let m = room
+            .admitted
+            .iter()
+            .find(|m| m.participant.id == participant_id)?;
+        found(&g, m)
+    }
+
+    /// Take a socket out of a meeting (leave, removal, refusal); others are told.
+    pub fn leave(&self, meeting_id: &str, socket: SocketId) {
+        let mut g = self.lock();
+        remove_from_room(&mut g, meeting_id, socket);
+    }
+
+    pub fn send(&self, socket: SocketId, notice: Notice) {
+        let g = self.lock();
+        if let Some(h) = g.sockets.get(&socket) {
+            let _ = h.tx.send(notice);
+        }
+    }
+
+    /// Current lobby (for a host that was just admitted).
+    pub fn lobby(&self, meeting_id: &str) -> Vec<LobbyEntry> {
+        let g = self.lock();
+        g.rooms
+            .get(meeting_id)
+            .map(|r| r.lobby.iter().map(|m| m.lobby.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn participants(&self, meeting_id: &str) -> Vec<Participant> {
+        let g = self.lock();
+        g.rooms
+            .get(meeting_id)
+            .map(participants)
+            .unwrap_or_default()
+    }
+
+    /// Tell everyone in a meeting that it changed (lock state).
+    pub fn meeting_changed(&self, info: MeetingInfo) {
+        let mut guard = self.lock();
+        let g = &mut *guard;
+        let Some(room) = g.rooms.get_mut(&info.id) else {
+            return;
+        };
+        room.info = Some(info.clone());
+        for m in &room.admitted {
+            if let Some(h) = g.sockets.get(&m.socket) {
+                let _ = h.tx.send(Notice::Send(ServerMsg::MeetingUpdate {
+                    meeting: info.clone(),
+                }));
+            }
+        }
+    }
+
+    /// Close every socket matching `pred` with `reason`.
+    fn close_where(&self, reason: RefusalReason, pred: impl Fn(&SocketHandle) -> bool) -> usize {
+        let g = self.lock();
+        let mut n = 0;
+        for h in g.sockets.values().filter(|h| pred(h)) {
+            let _ = h.tx.send(Notice::Close(reason));
+            n += 1;
+        }
+        n
+    }
+
+    pub fn close_device(&self, device_id: &str, reason: RefusalReason) -> usize {
+        self.close_where(reason, |h| h.device_id == device_id)
+    }
+
+    pub fn close_user(&self, user_id: &str, reason: RefusalReason) -> usize {
+        self.close_where(reason, |h| h.user_id == user_id)
+    }
+
+    pub fn close_session(&self, session_hash: &str, reason: RefusalReason) -> usize {
+        self.close_where(reason, |h| h.session_hash == session_hash)
+    }
+
+    /// Sockets in a meeting as (socket, user id) — used to re-check invitations.
+    pub fn members_of(&self, meeting_id: &str) -> Vec<(SocketId, String)> {
+        let g = self.lock();
+        g.rooms
+            .get(meeting_id)
+            .map(|r| {
+                r.admitted
+                    .iter()
+                    .chain(&r.lobby)
+                    .map(|m| (m.socket, m.user_id.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+fn found(g: &Inner, m: &Member) -> Option<Found> {
+    let h = g.sockets.get(&m.socket)?;
+    Some(Found {
+        socket: m.socket,
+        user_id: h.user_id.clone(),
+        user_name: m.participant.user_name.clone(),
+        device_id: h.device_id.clone(),
+    })
+}
+
+fn participants(room: &Room) -> Vec<Participant> {
+    room.admitted
+        .iter()
+        .map(|m| m.participant.clone())
+        .collect()
+}
+
+fn remove_from_room(g: &mut Inner, meeting_id: &str, socket: SocketId) {
+    let Some(room) = g.rooms.get_mut(meeting_id) else {
+        return;
+    };
+    let before = (room.admitted.len(), room.lobby.len());
+    room.admitted.retain(|m| m.socket != socket);
+    room.lobby.retain(|m| m.socket != socket);
+    let after = (room.admitted.len(), room.lobby.len());
+    if room.admitted.is_empty() && room.lobby.is_empty() {
+        g.rooms.remove(meeting_id);
+        return;
+    }
+    if before.0 != after.0 {
+        broadcast_participants(g, meeting_id);
+    }
+    if before.1 != after.1 {
+        notify_hosts(g, meeting_id);
+    }
+}
+
+fn broadcast_participants(g: &Inner, meeting_id: &str) {
+    let Some(room) = g.rooms.get(meeting_id) else {
+        return;
+    };
+    let list = participants(room);
+    for m in &room.admitted {
+        if let Some(h) = g.sockets.get(&m.socket) {
+            let _ = h.tx.send(Notice::Send(ServerMsg::Participants {
+                participants: list.clone(),
+            }));
+        }
+    }
+}
+
+fn notify_hosts(g: &Inner, meeting_id: &str) {
+    let Some(room) = g.rooms.get(meeting_id) else {
+        return;
+    };
+    let waiting: Vec<LobbyEntry> = room.lobby.iter().map(|m| m.lobby.clone()).collect();
+    for m in room.admitted.iter().filter(|m| m.participant.host) {
+        if let Some(h) = g.sockets.get(&m.socket) {
+            let _ = h.tx.send(Notice::Send(ServerMsg::LobbyUpdate {
+                waiting: waiting.clone(),
+            }));
+        }
+    }
+}

@@ -1,0 +1,734 @@
+//! The signaling WebSocket: one state machine per socket (unauthenticated → authenticated →
+//! lobby → admitted) with an allowlist of message types per state. Every join goes through
+//! [`join`], which calls the one admission function of `sealroom-policy`.
+
+use crate::http::{session_cookie, validate_session, ApiResult, Authed, ClientIp, Error};
+use crate::live::{Notice, SocketHandle, SocketId};
+use crate::state::{unix_now, AppRef, Limiters};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use sealroom_policy::{decide, Decision, DeviceFacts, InvitationFacts, JoinRequest};
+use sealroom_proto::*;
+use serde_json::json;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// How often an open socket re-checks its session (expiry, revocation missed by a notice).
+const RECHECK: Duration = Duration::from_secs(20);
+
+pub async fn upgrade(
+    State(app): State<AppRef>,
+    ip: ClientIp,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> ApiResult<Response> {
+    let authed = match session_cookie(&headers) {
+        Some(token) => validate_session(&app, &token).await?.map(|a| (a, token)),
+        None => None,
+    };
+    Ok(ws
+        .max_message_size(64 * 1024)
+        .max_frame_size(64 * 1024)
+        .on_upgrade(move |socket| async move {
+            let mut s = Socket::new(app, ip, authed);
+            s.run(socket).await;
+        }))
+}
+
+/// Where this socket is in a meeting.
+struct Current {
+    meeting: MeetingInfo,
+    participant: Participant,
+    admitted: bool,
+}
+
+struct Socket {
+    app: AppRef,
+    ip: ClientIp,
+    authed: Option<(Authed, String)>,
+    id: Option<SocketId>,
+    rx: Option<mpsc::UnboundedReceiver<Notice>>,
+    current: Option<Current>,
+}
+
+enum Flow {
+    Continue,
+    Close(RefusalReason),
+}
+
+impl Socket {
+    fn new(app: AppRef, ip: ClientIp, authed: Option<(Authed, String)>) -> Socket {
+        let (id, rx) = match &authed {
+            Some((a, _)) => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let id = app.hub.register(SocketHandle {
+                    user_id: a.user.id.clone(),
+                    device_id: a.device.id.clone(),
+                    session_hash: a.session_hash.clone(),
+                    tx,
+                });
+                (Some(id), Some(rx))
+            }
+            None => (None, None),
+        };
+        Socket {
+            app,
+            ip,
+            authed,
+            id,
+            rx,
+            current: None,
+        }
+    }
+
+    fn state(&self) -> SocketState {
+        match (&self.authed, &self.current) {
+            (None, _) => SocketState::Unauthenticated,
+            (Some(_), None) => SocketState::Authenticated,
+            (Some(_), Some(c)) if !c.admitted => SocketState::Lobby,
+            (Some(_), Some(_)) => SocketState::Admitted,
+        }
+    }
+
+    fn allowed(&self, msg: &ClientMsg) -> bool {
+        let host = self
+            .current
+            .as_ref()
+            .is_some_and(|c| c.admitted && c.participant.host);
+        match (self.state(), msg) {
+            (_, ClientMsg::Ping) => true,
+            (SocketState::Unauthenticated | SocketState::Authenticated, ClientMsg::Join { .. }) => {
+                true
+            }
+            (SocketState::Lobby | SocketState::Admitted, ClientMsg::Leave) => true,
+            (
+                SocketState::Admitted,
+                ClientMsg::Admit { .. }
+                | ClientMsg::Refuse { .. }
+                | ClientMsg::Remove { .. }
+                | ClientMsg::Lock { .. },
+            ) => host,
+            _ => false,
+        }
+    }
+
+    async fn run(&mut self, mut ws: WebSocket) {
+        let hello = ServerMsg::Hello {
+            state: self.state(),
+        };
+        if send(&mut ws, &hello).await.is_err() {
+            self.finish().await;
+            return;
+        }
+        let mut recheck = tokio::time::interval(RECHECK);
+        recheck.tick().await;
+        let close_reason = loop {
+            let flow = tokio::select! {
+                incoming = ws.recv() => match incoming {
+                    Some(Ok(Message::Text(t))) => self.on_text(&mut ws, t.as_str()).await,
+                    Some(Ok(Message::Binary(_))) => {
+                        let _ = send(&mut ws, &error("text_only", "Messages are JSON text.")).await;
+                        Flow::Continue
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => Flow::Continue,
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break None,
+                },
+                notice = recv(&mut self.rx) => self.on_notice(&mut ws, notice).await,
+                _ = recheck.tick() => self.recheck().await,
+            };
+            if let Flow::Close(r) = flow {
+                break Some(r);
+            }
+        };
+        if let Some(reason) = close_reason {
+            let _ = send(&mut ws, &refused(reason)).await;
+            let _ = ws
+                .send(Message::Close(Some(CloseFrame {
+                    code: 4001,
+                    reason: reason.as_str().into(),
+                })))
+                .await;
+        }
+        self.finish().await;
+    }
+
+    /// Leave whatever meeting this socket is in and forget it.
+    async fn finish(&mut self) {
+        self.leave_meeting("disconnected").await;
+        if let Some(id) = self.id.take() {
+            self.app.hub.unregister(id);
+        }
+    }
+
+    async fn leave_meeting(&mut self, why: &str) {
+        let (Some(c), Some(id)) = (self.current.take(), self.id) else {
+            return;
+        };
+        self.app.hub.leave(&c.meeting.id, id);
+        if let Some((a, _)) = &self.authed {
+            let e = self.app.entry(
+                if c.admitted {
+                    "participant.left"
+                } else {
+                    "lobby.left"
+                },
+                &a.actor(),
+                &format!("meeting:{}", c.meeting.id),
+                &self.ip.0.to_string(),
+                json!({"how": why}),
+            );
+            if let Err(err) = self.app.audit_alone(e).await {
+                tracing::error!(%err, "audit of a departure failed");
+            }
+        }
+    }
+
+    async fn recheck(&mut self) -> Flow {
+        let Some((_, token)) = &self.authed else {
+            return Flow::Continue;
+        };
+        match validate_session(&self.app, token).await {
+            Ok(Some(a)) => {
+                let revoked = a.device.revoked();
+                self.authed = Some((a, token.clone()));
+                if revoked {
+                    return Flow::Close(RefusalReason::DeviceRevoked);
+                }
+                // An open socket keeps the session alive.
+                let _ = self
+                    .app
+                    .store
+                    .touch_session(
+                        &self
+                            .authed
+                            .as_ref()
+                            .map(|x| x.0.session_hash.clone())
+                            .unwrap_or_default(),
+                        unix_now(),
+                    )
+                    .await;
+                Flow::Continue
+            }
+            Ok(None) => Flow::Close(RefusalReason::SessionEnded),
+            Err(_) => Flow::Continue,
+        }
+    }
+
+    async fn on_notice(&mut self, ws: &mut WebSocket, notice: Option<Notice>) -> Flow {
+        match notice {
+            None => Flow::Continue,
+            Some(Notice::Send(m)) => {
+                if let (ServerMsg::MeetingUpdate { meeting }, Some(c)) = (&m, self.current.as_mut())
+                {
+                    c.meeting = meeting.clone();
+                }
+                let _ = send(ws, &m).await;
+                Flow::Continue
+            }
+            Some(Notice::Admitted) => {
+                let Some(c) = self.current.as_mut() else {
+                    return Flow::Continue;
+                };
+                c.admitted = true;
+                let meeting = c.meeting.clone();
+                let host = c.participant.host;
+                let you = c.participant.id.clone();
+                let participants = self.app.hub.participants(&meeting.id);
+                let _ = send(
+                    ws,
+                    &ServerMsg::Admitted {
+                        meeting: meeting.clone(),
+                        you,
+                        host,
+                        participants,
+                    },
+                )
+                .await;
+                if host {
+                    let waiting = self.app.hub.lobby(&meeting.id);
+                    let _ = send(ws, &ServerMsg::LobbyUpdate { waiting }).await;
+                }
+                Flow::Continue
+            }
+            Some(Notice::Ended(reason)) => {
+                // The actor (a host, or the server) already audited the decision.
+                if let (Some(c), Some(id)) = (self.current.take(), self.id) {
+                    self.app.hub.leave(&c.meeting.id, id);
+                }
+                let _ = send(ws, &refused(reason)).await;
+                Flow::Continue
+            }
+            Some(Notice::Close(reason)) => {
+                if let (Some(c), Some(id)) = (self.current.take(), self.id) {
+                    self.app.hub.leave(&c.meeting.id, id);
+                    if let Some((a, _)) = &self.authed {
+                        let e = self.app.entry(
+                            "participant.ejected",
+                            "server",
+                            &format!("meeting:{}", c.meeting.id),
+                            &self.ip.0.to_string(),
+                            json!({"who": a.actor(), "reason": reason.as_str()}),
+                        );
+                        let _ = self.app.audit_alone(e).await;
+                    }
+                }
+                Flow::Close(reason)
+            }
+        }
+    }
+
+    async fn on_text(&mut self, ws: &mut WebSocket, text: &str) -> Flow {
+        if text.len() > MAX_WS_MESSAGE {
+            let _ = send(
+                ws,
+                &error(
+                    "too_large",
+                    &format!("Messages are at most {MAX_WS_MESSAGE} bytes."),
+                ),
+            )
+            .await;
+            return Flow::Continue;
+        }
+        let msg: ClientMsg = match serde_json::from_str(text) {
+            Ok(m) => m,
+            Err(_) => {
+                let _ = send(
+                    ws,
+                    &error("malformed", "That message is not a valid sealroom message."),
+                )
+                .await;
+                return Flow::Continue;
+            }
+        };
+        if !self.allowed(&msg) {
+            let state = self.state();
+            let _ = send(
+                ws,
+                &error(
+                    "not_allowed",
+                    &format!(
+                        "A {} message is not allowed while {}.",
+                        msg.kind(),
+                        state_name(state)
+                    ),
+                ),
+            )
+            .await;
+            return Flow::Continue;
+        }
+        let result = match msg {
+            ClientMsg::Ping => send(ws, &ServerMsg::Pong)
+                .await
+                .map(|_| Flow::Continue)
+                .map_err(|_| Error::Internal("send".into())),
+            ClientMsg::Join { meeting_id } => self.join(ws, &meeting_id).await,
+            ClientMsg::Leave => {
+                self.leave_meeting("left").await;
+                let _ = send(ws, &ServerMsg::Left).await;
+                Ok(Flow::Continue)
+            }
+            ClientMsg::Admit { participant_id } => self.host_admit(ws, &participant_id).await,
+            ClientMsg::Refuse { participant_id } => self.host_refuse(ws, &participant_id).await,
+            ClientMsg::Remove { participant_id } => self.host_remove(ws, &participant_id).await,
+            ClientMsg::Lock { locked } => self.host_lock(&locked).await,
+        };
+        match result {
+            Ok(flow) => flow,
+            Err(e) => {
+                let (code, message) = match e {
+                    Error::NotFound => (
+                        "no_such_participant",
+                        "Nobody with that id is in this meeting or its lobby.".to_string(),
+                    ),
+                    Error::Internal(detail) => {
+                        tracing::error!(%detail, "signaling error");
+                        (
+                            "internal",
+                            "Something went wrong on the server; nothing was changed.".to_string(),
+                        )
+                    }
+                    other => ("refused", format!("{other:?}")),
+                };
+                let _ = send(ws, &error(code, &message)).await;
+                Flow::Continue
+            }
+        }
+    }
+
+    /// The one admission path. Not logged in, not invited and no such meeting take exactly the
+    /// same steps: rate limit, one keyed lookup, the policy, an audit write, one answer.
+    async fn join(&mut self, ws: &mut WebSocket, meeting_id: &str) -> ApiResult<Flow> {
+        let app = self.app.clone();
+        let src = self.ip.0.to_string();
+        // Re-read the session: it may have been revoked since the socket opened.
+        if let Some((_, token)) = &self.authed {
+            match validate_session(&app, token).await? {
+                Some(a) => self.authed = Some((a, token.clone())),
+                None => return Ok(Flow::Close(RefusalReason::SessionEnded)),
+            }
+        }
+        let authed = self.authed.as_ref().map(|x| x.0.clone());
+        let mut limit = Limiters::check(&app.limiters.join_ip, &self.ip.0);
+        if let (Ok(()), Some(a)) = (&limit, &authed) {
+            limit = Limiters::check(&app.limiters.join_account, &a.user.id);
+        }
+        if let Err(secs) = limit {
+            let key = format!(
+                "join:{}",
+                authed
+                    .as_ref()
+                    .map(|a| a.user.id.clone())
+                    .unwrap_or(src.clone())
+            );
+            if let Some(folded) = app.limiters.should_audit(&key) {
+                let actor = authed
+                    .as_ref()
+                    .map(|a| a.actor())
+                    .unwrap_or_else(|| "anonymous".into());
+                app.audit_alone(app.entry(
+                    "rate_limited",
+                    &actor,
+                    "join",
+                    &src,
+                    json!({"retry_after": secs, "earlier_hits_folded": folded}),
+                ))
+                .await?;
+            }
+            send(ws, &refused(RefusalReason::RateLimited)).await.ok();
+            return Ok(Flow::Continue);
+        }
+        let user_id = authed.as_ref().map(|a| a.user.id.as_str()).unwrap_or("");
+        let invited = app.store.invited_meeting(meeting_id, user_id).await?;
+        let device_id = authed.as_ref().map(|a| a.device.id.as_str()).unwrap_or("");
+        let facts = invited.as_ref().map(|im| InvitationFacts {
+            level: im.meeting.level(),
+            host: im.host,
+            locked: im.meeting.locked,
+            lobby: im.meeting.lobby,
+            capacity: im.meeting.capacity.clamp(0, u32::MAX as i64) as u32,
+            starts_at: im.meeting.starts_at,
+            ends_at: im.meeting.ends_at,
+            admitted_now: app.hub.admitted_count(&im.meeting.id, device_id),
+        });
+        let device = authed.as_ref().map(|a| DeviceFacts {
+            kind: a.device.kind(),
+            revoked: a.device.revoked(),
+            approved: a.device.restricted_ok,
+            backup_eligible: a.device.backup_eligible,
+        });
+        let zone = app.config.networks.zone_for(self.ip.0);
+        let decision = decide(
+            &app.config.levels,
+            &JoinRequest {
+                invitation: facts.as_ref(),
+                device: device.as_ref(),
+                zone: &zone,
+                now: unix_now(),
+                early_join_secs: app.config.early_join_secs,
+            },
+        );
+        let actor = authed
+            .as_ref()
+            .map(|a| a.actor())
+            .unwrap_or_else(|| "anonymous".into());
+        let (Some(im), Some(a), Decision::Admit | Decision::Lobby) = (&invited, &authed, &decision)
+        else {
+            let reason = match decision {
+                Decision::Refuse(r) => r,
+                _ => RefusalReason::NotFound,
+            };
+            let subject = if reason == RefusalReason::NotFound {
+                format!("probe:{}", app.keys.meeting_id_hmac(meeting_id))
+            } else {
+                format!("meeting:{meeting_id}")
+            };
+            app.audit_alone(app.entry(
+                "join.refused",
+                &actor,
+                &subject,
+                &src,
+                json!({"reason": reason.as_str(), "network": zone.label()}),
+            ))
+            .await?;
+            send(ws, &refused(reason)).await.ok();
+            return Ok(Flow::Continue);
+        };
+        let m = &im.meeting;
+        let host = im.host && a.device.kind() == DeviceKind::Passkey;
+        let info = MeetingInfo {
+            id: m.id.clone(),
+            title: m.title.clone(),
+            level: m.level(),
+            locked: m.locked,
+            lobby: m.lobby,
+            capacity: m.capacity as u32,
+        };
+        let participant = Participant {
+            id: sealroom_store::random_id(),
+            user_name: a.user.name.clone(),
+            display_name: a.user.display_name.clone(),
+            device_name: a.device.name.clone(),
+            device_kind: a.device.kind(),
+            network: zone.label(),
+            host,
+        };
+        let lobby_entry = LobbyEntry {
+            id: participant.id.clone(),
+            user_name: a.user.name.clone(),
+            display_name: a.user.display_name.clone(),
+            device_name: a.device.name.clone(),
+            device_kind: a.device.kind(),
+            network: format!("{src} ({})", zone.label()),
+        };
+        let socket = self
+            .id
+            .ok_or_else(|| Error::Internal("authenticated socket without id".into()))?;
+        let admitted = decision == Decision::Admit;
+        app.audit_alone(app.entry(
+            if admitted { "join.admitted" } else { "join.lobby" },
+            &actor,
+            &format!("meeting:{}", m.id),
+            &src,
+            json!({"participant": participant.id, "network": zone.label(), "device_kind": a.device.kind().as_str(), "host": host}),
+        ))
+        .await?;
+        app.hub.replace_device(&m.id, &a.device.id, socket);
+        if admitted {
+            let participants = app.hub.admit(
+                &m.id,
+                info.clone(),
+                socket,
+                &a.user.id,
+                participant.clone(),
+                lobby_entry.clone(),
+            );
+            send(
+                ws,
+                &ServerMsg::Admitted {
+                    meeting: info.clone(),
+                    you: participant.id.clone(),
+                    host,
+                    participants,
+                },
+            )
+            .await
+            .ok();
+            if host {
+                send(
+                    ws,
+                    &ServerMsg::LobbyUpdate {
+                        waiting: app.hub.lobby(&m.id),
+                    },
+                )
+                .await
+                .ok();
+            }
+        } else {
+            app.hub.enter_lobby(
+                &m.id,
+                socket,
+                &a.user.id,
+                participant.clone(),
+                lobby_entry.clone(),
+            );
+            send(ws, &ServerMsg::Lobby).await.ok();
+        }
+        self.current = Some(Current {
+            meeting: info,
+            participant,
+            admitted,
+        });
+        Ok(Flow::Continue)
+    }
+
+    fn host_context(&self) -> ApiResult<(&Current, String)> {
+        let c = self.current.as_ref().ok_or(Error::Forbidden)?;
+        let a = self.authed.as_ref().ok_or(Error::Forbidden)?;
+        Ok((c, a.0.actor()))
+    }
+
+    async fn host_admit(&mut self, ws: &mut WebSocket, pid: &str) -> ApiResult<Flow> {
+        let (c, actor) = self.host_context()?;
+        let meeting_id = c.meeting.id.clone();
+        let app = self.app.clone();
+        let (found, participant, lobby_entry) = app
+            .hub
+            .take_from_lobby(&meeting_id, pid)
+            .ok_or(Error::NotFound)?;
+        // Re-check what may have changed while they waited.
+        let im = app
+            .store
+            .invited_meeting(&meeting_id, &found.user_id)
+            .await?;
+        let check = match &im {
+            None => Err(RefusalReason::NotFound),
+            Some(im) => sealroom_policy::admit_from_lobby(&InvitationFacts {
+                level: im.meeting.level(),
+                host: im.host,
+                locked: im.meeting.locked,
+                lobby: im.meeting.lobby,
+                capacity: im.meeting.capacity as u32,
+                starts_at: im.meeting.starts_at,
+                ends_at: im.meeting.ends_at,
+                admitted_now: app.hub.admitted_count(&meeting_id, &found.device_id),
+            }),
+        };
+        let subject = format!("meeting:{meeting_id}");
+        if let Err(reason) = check {
+            app.audit_alone(app.entry(
+                "lobby.admit_failed",
+                &actor,
+                &subject,
+                "",
+                json!({"who": found.user_name, "reason": reason.as_str()}),
+            ))
+            .await?;
+            app.hub.send(found.socket, Notice::Ended(reason));
+            send(ws, &error("admit_failed", reason.message()))
+                .await
+                .ok();
+            return Ok(Flow::Continue);
+        }
+        app.audit_alone(app.entry(
+            "lobby.admitted",
+            &actor,
+            &subject,
+            "",
+            json!({"who": found.user_name, "device": found.device_id, "participant": pid}),
+        ))
+        .await?;
+        let info = self
+            .current
+            .as_ref()
+            .map(|c| c.meeting.clone())
+            .ok_or(Error::Forbidden)?;
+        app.hub.admit(
+            &meeting_id,
+            info,
+            found.socket,
+            &found.user_id,
+            participant,
+            lobby_entry,
+        );
+        app.hub.send(found.socket, Notice::Admitted);
+        Ok(Flow::Continue)
+    }
+
+    async fn host_refuse(&mut self, _ws: &mut WebSocket, pid: &str) -> ApiResult<Flow> {
+        let (c, actor) = self.host_context()?;
+        let meeting_id = c.meeting.id.clone();
+        let (found, _, _) = self
+            .app
+            .hub
+            .take_from_lobby(&meeting_id, pid)
+            .ok_or(Error::NotFound)?;
+        self.app
+            .audit_alone(self.app.entry(
+                "lobby.refused",
+                &actor,
+                &format!("meeting:{meeting_id}"),
+                "",
+                json!({"who": found.user_name, "device": found.device_id}),
+            ))
+            .await?;
+        self.app
+            .hub
+            .send(found.socket, Notice::Ended(RefusalReason::RefusedByHost));
+        Ok(Flow::Continue)
+    }
+
+    async fn host_remove(&mut self, ws: &mut WebSocket, pid: &str) -> ApiResult<Flow> {
+        let (c, actor) = self.host_context()?;
+        if c.participant.id == pid {
+            send(
+                ws,
+                &error("remove_self", "Use leave to leave the meeting yourself."),
+            )
+            .await
+            .ok();
+            return Ok(Flow::Continue);
+        }
+        let meeting_id = c.meeting.id.clone();
+        let found = self
+            .app
+            .hub
+            .find_admitted(&meeting_id, pid)
+            .ok_or(Error::NotFound)?;
+        self.app
+            .audit_alone(self.app.entry(
+                "participant.removed",
+                &actor,
+                &format!("meeting:{meeting_id}"),
+                "",
+                json!({"who": found.user_name, "device": found.device_id}),
+            ))
+            .await?;
+        // Out of the meeting first, so nothing more reaches it; then tell it.
+        self.app.hub.leave(&meeting_id, found.socket);
+        self.app
+            .hub
+            .send(found.socket, Notice::Ended(RefusalReason::RemovedByHost));
+        Ok(Flow::Continue)
+    }
+
+    async fn host_lock(&mut self, locked: &bool) -> ApiResult<Flow> {
+        let (c, actor) = self.host_context()?;
+        let mut info = c.meeting.clone();
+        let mut tx = self.app.store.begin().await?;
+        tx.set_meeting_locked(&info.id, *locked).await?;
+        tx.audit(self.app.entry(
+            if *locked {
+                "meeting.locked"
+            } else {
+                "meeting.unlocked"
+            },
+            &actor,
+            &format!("meeting:{}", info.id),
+            "",
+            json!({}),
+        ))
+        .await?;
+        tx.commit().await?;
+        info.locked = *locked;
+        self.app.hub.meeting_changed(info);
+        Ok(Flow::Continue)
+    }
+}
+
+async fn recv(rx: &mut Option<mpsc::UnboundedReceiver<Notice>>) -> Option<Notice> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn send(ws: &mut WebSocket, msg: &ServerMsg) -> Result<(), axum::Error> {
+    // Serialising our own enum cannot fail.
+    let text = serde_json::to_string(msg).unwrap_or_default();
+    ws.send(Message::Text(text.into())).await
+}
+
+fn refused(reason: RefusalReason) -> ServerMsg {
+    ServerMsg::Refused {
+        reason,
+        message: reason.message().into(),
+    }
+}
+
+fn error(code: &str, message: &str) -> ServerMsg {
+    ServerMsg::Error {
+        code: code.into(),
+        message: message.into(),
+    }
+}
+
+fn state_name(s: SocketState) -> &'static str {
+    match s {
+        SocketState::Unauthenticated => "not signed in",
+        SocketState::Authenticated => "not in a meeting",
+        SocketState::Lobby => "waiting in the lobby",
+        SocketState::Admitted => "in a meeting (or not a host)",
+    }
+}

@@ -1,0 +1,358 @@
+//! Admission end to end over the real server: who gets in, who waits, who is refused and why,
+//! and that removal, lock-out and revocation reach open sockets at once.
+
+mod common;
+use common::*;
+use sealroom_proto::*;
+use std::time::{Duration, Instant};
+
+fn participants_of(m: &ServerMsg) -> Vec<String> {
+    match m {
+        ServerMsg::Admitted { participants, .. } | ServerMsg::Participants { participants } => {
+            participants.iter().map(|p| p.user_name.clone()).collect()
+        }
+        _ => vec![],
+    }
+}
+
+#[tokio::test]
+async fn invitee_is_admitted_and_the_participant_list_is_live() {
+    let s = server().await;
+    let host = s.passkey_user("hana", Role::Organiser).await;
+    let bob = s.member("bob").await;
+    let id = s
+        .meeting("hana", meeting_req(Level::Open, &["bob"], &[], false))
+        .await;
+
+    let mut h = host.ws().await;
+    let m = h.join(&id).await;
+    let ServerMsg::Admitted {
+        meeting,
+        host: is_host,
+        ..
+    } = &m
+    else {
+        panic!("{m:?}")
+    };
+    assert!(*is_host);
+    assert_eq!(meeting.title, "Quarterly review");
+    assert_eq!(participants_of(&m), vec!["hana"]);
+
+    let mut b = bob.ws().await;
+    let m = b.join(&id).await;
+    let ServerMsg::Admitted {
+        host: is_host,
+        participants,
+        ..
+    } = &m
+    else {
+        panic!("{m:?}")
+    };
+    assert!(!is_host);
+    let bob_entry = participants
+        .iter()
+        .find(|p| p.user_name == "bob")
+        .expect("bob listed");
+    assert_eq!(bob_entry.device_kind, DeviceKind::Software);
+    assert_eq!(bob_entry.network, "loopback");
+
+    let m = h
+        .expect("participants with bob", |m| participants_of(m).len() == 2)
+        .await;
+    assert_eq!(participants_of(&m), vec!["hana", "bob"]);
+
+    b.send(&ClientMsg::Leave).await;
+    b.expect("left", |m| matches!(m, ServerMsg::Left)).await;
+    h.expect("participants without bob", |m| {
+        matches!(m, ServerMsg::Participants { .. }) && participants_of(m) == vec!["hana"]
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn non_invitee_is_refused_as_not_found_and_learns_nothing() {
+    let s = server().await;
+    s.passkey_user("hana", Role::Organiser).await;
+    let eve = s.member("eve").await;
+    let id = s
+        .meeting("hana", meeting_req(Level::Open, &[], &[], false))
+        .await;
+    let mut e = eve.ws().await;
+    let m = e.join(&id).await;
+    assert_eq!(refused_reason(&m), Some(RefusalReason::NotFound));
+    let text = serde_json::to_string(&m).expect("json");
+    assert!(
+        !text.contains("Quarterly"),
+        "refusal leaks the title: {text}"
+    );
+    // Nothing about the meeting arrives afterwards either.
+    assert!(e.try_next(Duration::from_millis(300)).await.is_none());
+}
+
+#[tokio::test]
+async fn lobby_admit_and_refuse_by_a_host() {
+    let s = server().await;
+    let host = s.passkey_user("hana", Role::Organiser).await;
+    let bob = s.member("bob").await;
+    let carol = s.member("carol").await;
+    let id = s
+        .meeting(
+            "hana",
+            meeting_req(Level::Open, &["bob", "carol"], &[], true),
+        )
+        .await;
+    let mut h = host.ws().await;
+    assert!(matches!(h.join(&id).await, ServerMsg::Admitted { .. }));
+
+    let mut b = bob.ws().await;
+    assert!(matches!(b.join(&id).await, ServerMsg::Lobby));
+    // In the lobby bob receives no meeting data at all.
+    assert!(b.try_next(Duration::from_millis(200)).await.is_none());
+    let waiting = h
+        .expect(
+            "lobby with bob",
+            |m| matches!(m, ServerMsg::LobbyUpdate { waiting } if waiting.len() == 1),
+        )
+        .await;
+    let ServerMsg::LobbyUpdate { waiting } = waiting else {
+        unreachable!()
+    };
+    assert_eq!(waiting[0].user_name, "bob");
+    assert_eq!(waiting[0].device_kind, DeviceKind::Software);
+    assert!(
+        waiting[0].network.contains("127.0.0.1"),
+        "{}",
+        waiting[0].network
+    );
+
+    h.send(&ClientMsg::Admit {
+        participant_id: waiting[0].id.clone(),
+    })
+    .await;
+    let m = b
+        .expect("admitted", |m| matches!(m, ServerMsg::Admitted { .. }))
+        .await;
+    assert_eq!(participants_of(&m).len(), 2);
+
+    let mut c = carol.ws().await;
+    assert!(matches!(c.join(&id).await, ServerMsg::Lobby));
+    let waiting = h
+        .expect(
+            "lobby with carol",
+            |m| matches!(m, ServerMsg::LobbyUpdate { waiting } if waiting.len() == 1),
+        )
+        .await;
+    let ServerMsg::LobbyUpdate { waiting } = waiting else {
+        unreachable!()
+    };
+    h.send(&ClientMsg::Refuse {
+        participant_id: waiting[0].id.clone(),
+    })
+    .await;
+    let m = c
+        .expect("refused", |m| matches!(m, ServerMsg::Refused { .. }))
+        .await;
+    assert_eq!(refused_reason(&m), Some(RefusalReason::RefusedByHost));
+}
+
+#[tokio::test]
+async fn removal_cuts_the_participant_out_at_once_and_rejoin_needs_admission() {
+    let s = server().await;
+    let host = s.passkey_user("hana", Role::Organiser).await;
+    let bob = s.member("bob").await;
+    let id = s
+        .meeting("hana", meeting_req(Level::Open, &["bob"], &[], false))
+        .await;
+    let mut h = host.ws().await;
+    h.join(&id).await;
+    let mut b = bob.ws().await;
+    let ServerMsg::Admitted { you, .. } = b.join(&id).await else {
+        panic!("bob admitted")
+    };
+    h.expect("two", |m| participants_of(m).len() == 2).await;
+
+    let t = Instant::now();
+    h.send(&ClientMsg::Remove {
+        participant_id: you,
+    })
+    .await;
+    let m = b
+        .expect("removed", |m| matches!(m, ServerMsg::Refused { .. }))
+        .await;
+    println!("removal reached the removed socket in {:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(1));
+    assert_eq!(refused_reason(&m), Some(RefusalReason::RemovedByHost));
+    h.expect("one", |m| {
+        matches!(m, ServerMsg::Participants { .. }) && participants_of(m) == vec!["hana"]
+    })
+    .await;
+    // A removed participant is back to "authenticated": host actions are not allowed.
+    b.send(&ClientMsg::Lock { locked: true }).await;
+    assert!(matches!(b.next().await, ServerMsg::Error { code, .. } if code == "not_allowed"));
+    // Host locks; a rejoin is refused.
+    h.send(&ClientMsg::Lock { locked: true }).await;
+    h.expect(
+        "locked",
+        |m| matches!(m, ServerMsg::MeetingUpdate { meeting } if meeting.locked),
+    )
+    .await;
+    assert_eq!(
+        refused_reason(&b.join(&id).await),
+        Some(RefusalReason::Locked)
+    );
+}
+
+#[tokio::test]
+async fn device_revocation_closes_open_sockets_at_once_through_the_api_and_the_cli() {
+    let s = server().await;
+    let admin = s.passkey_user("root", Role::Admin).await;
+    let host = s.passkey_user("hana", Role::Organiser).await;
+    let bob = s.member("bob").await;
+    let carol = s.member("carol").await;
+    let id = s
+        .meeting(
+            "hana",
+            meeting_req(Level::Open, &["bob", "carol"], &[], false),
+        )
+        .await;
+    let mut h = host.ws().await;
+    h.join(&id).await;
+    let mut b = bob.ws().await;
+    b.join(&id).await;
+    let mut c = carol.ws().await;
+    c.join(&id).await;
+    h.expect("three", |m| participants_of(m).len() == 3).await;
+
+    // Through the admin API.
+    let t = Instant::now();
+    let r = admin
+        .post(
+            &format!("/api/admin/devices/{}/revoke", bob.device_id),
+            serde_json::json!({}),
+        )
+        .await;
+    assert!(r.status().is_success(), "{}", r.status());
+    let m = b
+        .expect("revoked", |m| matches!(m, ServerMsg::Refused { .. }))
+        .await;
+    assert_eq!(refused_reason(&m), Some(RefusalReason::DeviceRevoked));
+    assert!(b.closed_within(Duration::from_secs(1)).await);
+    println!("API revocation closed the socket in {:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(1));
+    // The session is gone too.
+    assert_eq!(bob.get("/api/me").await.status(), 401);
+
+    // Through the CLI, which tells the running server over the admin socket.
+    let t = Instant::now();
+    let out = s
+        .cli(&["--json", "device", "revoke", &carol.device_id])
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["server_notified"], true);
+    let m = c
+        .expect("revoked", |m| matches!(m, ServerMsg::Refused { .. }))
+        .await;
+    assert_eq!(refused_reason(&m), Some(RefusalReason::DeviceRevoked));
+    assert!(c.closed_within(Duration::from_secs(1)).await);
+    println!("CLI revocation closed the socket in {:?}", t.elapsed());
+    assert!(t.elapsed() < Duration::from_secs(2));
+    h.expect("alone", |m| {
+        matches!(m, ServerMsg::Participants { .. }) && participants_of(m) == vec!["hana"]
+    })
+    .await;
+    // A revoked software device cannot log in again.
+    let mut again = carol.clone();
+    assert!(again.login_software().await.is_err());
+}
+
+#[tokio::test]
+async fn precise_reasons_for_invitees() {
+    let s = server_with(|c| c.networks.local_mode = false).await;
+    s.passkey_user("hana", Role::Organiser).await;
+    let bob = s.member("bob").await;
+    let carol = s.member("carol").await;
+    let now = sealroom_server::state::unix_now();
+
+    // internal: loopback is not an internal network outside local mode.
+    let internal = s
+        .meeting("hana", meeting_req(Level::Internal, &["bob"], &[], false))
+        .await;
+    // restricted: software devices are never allowed.
+    let restricted = s
+        .meeting("hana", meeting_req(Level::Restricted, &["bob"], &[], false))
+        .await;
+    let mut early = meeting_req(Level::Open, &["bob"], &[], false);
+    early.starts_at = Some(now + 3600);
+    let early = s.meeting("hana", early).await;
+    let mut late = meeting_req(Level::Open, &["bob"], &[], false);
+    late.starts_at = Some(now - 7200);
+    late.ends_at = Some(now - 3600);
+    let late = s.meeting("hana", late).await;
+    let mut full = meeting_req(Level::Open, &["bob", "carol"], &[], false);
+    full.capacity = 1;
+    let full = s.meeting("hana", full).await;
+
+    let mut b = bob.ws().await;
+    assert_eq!(
+        refused_reason(&b.join(&internal).await),
+        Some(RefusalReason::NetworkNotAllowed)
+    );
+    assert_eq!(
+        refused_reason(&b.join(&restricted).await),
+        Some(RefusalReason::DeviceKindNotAllowed)
+    );
+    assert_eq!(
+        refused_reason(&b.join(&early).await),
+        Some(RefusalReason::TooEarly)
+    );
+    assert_eq!(
+        refused_reason(&b.join(&late).await),
+        Some(RefusalReason::TooLate)
+    );
+    let mut c = carol.ws().await;
+    assert!(matches!(c.join(&full).await, ServerMsg::Admitted { .. }));
+    assert_eq!(
+        refused_reason(&b.join(&full).await),
+        Some(RefusalReason::Full)
+    );
+    // Every refusal is in the audit log with its reason.
+    let log = sealroom_store::audit::entries(s.running.app.store.pool())
+        .await
+        .expect("log");
+    for reason in [
+        "network_not_allowed",
+        "device_kind_not_allowed",
+        "too_early",
+        "too_late",
+        "full",
+    ] {
+        assert!(
+            log.iter()
+                .any(|e| e.entry.kind == "join.refused" && e.entry.detail.contains(reason)),
+            "no audit entry for {reason}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn disabling_a_user_ends_their_sockets() {
+    let s = server().await;
+    let admin = s.passkey_user("root", Role::Admin).await;
+    let bob = s.member("bob").await;
+    let mut b = bob.ws().await;
+    let me: Me = bob.get("/api/me").await.json().await.expect("me");
+    let r = admin
+        .post(
+            &format!("/api/admin/users/{}/disable", me.user_id),
+            serde_json::json!({}),
+        )
+        .await;
+    assert!(r.status().is_success());
+    assert!(b.closed_within(Duration::from_secs(1)).await);
+    assert_eq!(bob.get("/api/me").await.status(), 401);
+}

@@ -1,0 +1,136 @@
+// The meeting page as a pure state machine: server messages and socket events go in, a new view
+// state and the effects to perform come out. No DOM, no socket, no timers here, so the
+// transitions can be reasoned about (and tested) on their own.
+
+import type { LobbyEntry, MeetingInfo, Participant, RefusalReason, ServerMsg, SocketState } from '../proto';
+
+/** What the page shows; also exposed as `data-state` on `meeting-state`. */
+export type Phase = 'connecting' | 'refused' | 'lobby' | 'admitted' | 'left' | 'disconnected';
+
+export interface MeetingView {
+  phase: Phase;
+  /** The socket state from the server's `hello`, null before it. */
+  socketState: SocketState | null;
+  /** Why the last join was refused (or participation ended); kept after the socket closes. */
+  refusal: { reason: RefusalReason; message: string } | null;
+  /** The socket is closed. After a refusal the phase stays `refused` and this says so. */
+  closed: boolean;
+  /** The meeting, once admitted (kept after leaving, for its title). */
+  meeting: MeetingInfo | null;
+  /** Our participant id while admitted. */
+  you: string | null;
+  host: boolean;
+  participants: Participant[];
+  /** Hosts only: who waits in the lobby. */
+  waiting: LobbyEntry[];
+}
+
+export type Effect =
+  /** Ask the server to join (after `hello`). */
+  | { kind: 'send_join' }
+  /** Show a protocol error in the status region; nothing else changed. */
+  | { kind: 'show_error'; code: string; message: string };
+
+export interface Step {
+  view: MeetingView;
+  effects: Effect[];
+}
+
+export function initialView(): MeetingView {
+  return {
+    phase: 'connecting',
+    socketState: null,
+    refusal: null,
+    closed: false,
+    meeting: null,
+    you: null,
+    host: false,
+    participants: [],
+    waiting: [],
+  };
+}
+
+/** Leaving the meeting (by refusal, removal, leave or disconnect) drops everything live. */
+function outOfMeeting(v: MeetingView): MeetingView {
+  return { ...v, you: null, host: false, participants: [], waiting: [] };
+}
+
+export function handleServerMsg(v: MeetingView, msg: ServerMsg): Step {
+  switch (msg.type) {
+    case 'hello':
+      return { view: { ...v, socketState: msg.state, phase: 'connecting', closed: false }, effects: [{ kind: 'send_join' }] };
+    case 'refused':
+      return {
+        view: { ...outOfMeeting(v), phase: 'refused', socketState: 'authenticated', refusal: { reason: msg.reason, message: msg.message } },
+        effects: [],
+      };
+    case 'lobby':
+      return { view: { ...outOfMeeting(v), phase: 'lobby', socketState: 'lobby', refusal: null }, effects: [] };
+    case 'admitted':
+      return {
+        view: {
+          ...v,
+          phase: 'admitted',
+          socketState: 'admitted',
+          refusal: null,
+          meeting: msg.meeting,
+          you: msg.you,
+          host: msg.host,
+          participants: msg.participants,
+          waiting: msg.host ? v.waiting : [],
+        },
+        effects: [],
+      };
+    case 'participants': {
+      // Our own entry tells us if a host made us one (or took it away).
+      const self = v.you === null ? undefined : msg.participants.find((p) => p.id === v.you);
+      return { view: { ...v, participants: msg.participants, host: self ? self.host : v.host }, effects: [] };
+    }
+    case 'lobby_update':
+      return { view: { ...v, waiting: msg.waiting }, effects: [] };
+    case 'meeting_update':
+      return { view: { ...v, meeting: msg.meeting }, effects: [] };
+    case 'left':
+      return { view: { ...outOfMeeting(v), phase: 'left', socketState: 'authenticated', refusal: null }, effects: [] };
+    case 'error':
+      return { view: v, effects: [{ kind: 'show_error', code: msg.code, message: msg.message }] };
+    case 'pong':
+      return { view: v, effects: [] };
+    default: {
+      // A message type this client does not know (a newer server): ignore it.
+      const _exhaustive: never = msg;
+      void _exhaustive;
+      return { view: v, effects: [] };
+    }
+  }
+}
+
+/** The socket closed. A refusal stays on screen; anything else becomes `disconnected`. */
+export function handleClose(v: MeetingView): MeetingView {
+  const out = { ...outOfMeeting(v), closed: true, socketState: null };
+  return v.phase === 'refused' ? out : { ...out, phase: 'disconnected', refusal: null };
+}
+
+/** The user asked to join again (on the same socket, or on a new one). */
+export function handleRetry(v: MeetingView, newSocket: boolean): MeetingView {
+  return {
+    ...outOfMeeting(v),
+    phase: 'connecting',
+    refusal: null,
+    closed: newSocket ? false : v.closed,
+    socketState: newSocket ? null : v.socketState,
+  };
+}
+
+/** Parses one text frame; null when it is not a JSON object with a string `type`. */
+export function parseServerMsg(data: unknown): ServerMsg | null {
+  if (typeof data !== 'string') return null;
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(data);
+  } catch {
+    return null;
+  }
+  if (typeof parsed !== 'object' || parsed === null || typeof (parsed as { type?: unknown }).type !== 'string') return null;
+  return parsed as ServerMsg;
+}

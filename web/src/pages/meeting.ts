@@ -1,0 +1,300 @@
+// /m/<id>: join a meeting over the signaling socket; lobby, admission, roster and host controls.
+//
+// The view is redrawn from `MeetingView` after every change (meeting/state.ts decides what
+// changes). Redraws keep keyboard focus on the "same" control through `data-focus-key`.
+
+import { pageHeading, type PageContext } from '../app';
+import { append, h, replaceChildren, uid, type Child } from '../dom';
+import { kindLabel, levelDescription, levelLabel } from '../format';
+import type { ClientMsg, DeviceKind, LobbyEntry, Participant } from '../proto';
+import { SignalingSocket } from '../meeting/socket';
+import { handleClose, handleRetry, handleServerMsg, initialView, type MeetingView, type Phase } from '../meeting/state';
+import { showError } from '../status';
+
+const PHASE_TEXT: Record<Phase, string> = {
+  connecting: 'Connecting and asking to join…',
+  refused: 'You are not in the meeting.',
+  lobby: 'Waiting in the lobby for a host to admit you.',
+  admitted: 'You are in the meeting.',
+  left: 'You left the meeting.',
+  disconnected: 'Disconnected from the server. You are no longer in the meeting.',
+};
+
+/** Reasons after which trying again cannot help until the user signs in again. */
+const SESSION_REASONS = new Set(['session_ended', 'device_revoked']);
+
+function deviceText(name: string, kind: DeviceKind): Child[] {
+  return [
+    'Device: ',
+    name,
+    ' ',
+    h('span', { class: kind === 'software' ? 'badge badge-software' : 'badge badge-passkey' }, kindLabel(kind)),
+  ];
+}
+
+export function meetingPage(ctx: PageContext): void {
+  const meetingId = ctx.params['id'] ?? '';
+  let view: MeetingView = initialView();
+
+  const heading = pageHeading('Meeting', { testid: 'meeting-title', id: uid('meeting-title') });
+  const stateWord = h('strong', { testid: 'meeting-state', 'data-state': view.phase }, view.phase);
+  const stateText = h('span', { class: 'state-text' });
+  const stateLine = h('p', { class: 'state-line', 'aria-live': 'polite' }, 'Status: ', stateWord, ' — ', stateText);
+  const body = h('div', { class: 'meeting-body' });
+  append(ctx.main, h('section', { class: 'meeting', 'aria-labelledby': heading.id }, heading, stateLine, body));
+
+  const socket = new SignalingSocket({
+    onMessage: (msg) => {
+      const step = handleServerMsg(view, msg);
+      view = step.view;
+      for (const effect of step.effects) {
+        if (effect.kind === 'send_join') send({ type: 'join', meeting_id: meetingId });
+        else if (effect.kind === 'show_error') showError(`${effect.message} (${effect.code})`);
+      }
+      draw();
+    },
+    onClose: () => {
+      view = handleClose(view);
+      draw();
+    },
+  });
+  ctx.onLeave(() => socket.shutdown());
+
+  function send(msg: ClientMsg): void {
+    if (!socket.send(msg)) showError('Not connected to the server. Use "Try again" to reconnect.');
+  }
+
+  function retry(): void {
+    if (socket.isOpen && view.socketState !== null) {
+      view = handleRetry(view, false);
+      send({ type: 'join', meeting_id: meetingId });
+    } else {
+      view = handleRetry(view, true);
+      socket.open();
+    }
+    draw();
+  }
+
+  const retryButton = (label: string) =>
+    h('button', { type: 'button', class: 'primary', testid: 'retry-join', 'data-focus-key': 'retry', on: { click: retry } }, label);
+  const leaveButton = (label: string) =>
+    h('button', { type: 'button', testid: 'leave-button', 'data-focus-key': 'leave', on: { click: () => send({ type: 'leave' }) } }, label);
+  const backLink = () => h('a', { href: '/' }, 'Back to my meetings');
+
+  function participantItem(p: Participant): HTMLLIElement {
+    const isYou = p.id === view.you;
+    const who = `${p.display_name} (${p.user_name})`;
+    return h(
+      'li',
+      { class: 'person', testid: 'participant', 'data-user': p.user_name, 'data-participant': p.id },
+      h(
+        'div',
+        { class: 'person-main' },
+        h('strong', null, p.display_name),
+        ` (${p.user_name})`,
+        isYou && h('span', { class: 'badge badge-you' }, 'you'),
+        p.host && h('span', { class: 'badge badge-host' }, 'host'),
+      ),
+      h('div', { class: 'person-detail' }, ...deviceText(p.device_name, p.device_kind)),
+      h('div', { class: 'person-detail' }, 'Network: ', p.network),
+      view.host &&
+        !isYou &&
+        h(
+          'div',
+          { class: 'person-actions' },
+          h(
+            'button',
+            {
+              type: 'button',
+              class: 'danger',
+              testid: 'remove-button',
+              'aria-label': `Remove ${who}`,
+              'data-focus-key': `remove:${p.id}`,
+              on: { click: () => send({ type: 'remove', participant_id: p.id }) },
+            },
+            'Remove',
+          ),
+        ),
+    );
+  }
+
+  function lobbyItem(w: LobbyEntry): HTMLLIElement {
+    const who = `${w.display_name} (${w.user_name})`;
+    return h(
+      'li',
+      { class: 'person', testid: 'lobby-entry', 'data-user': w.user_name, 'data-participant': w.id },
+      h('div', { class: 'person-main' }, h('strong', null, w.display_name), ` (${w.user_name})`),
+      h('div', { class: 'person-detail' }, ...deviceText(w.device_name, w.device_kind)),
+      h('div', { class: 'person-detail' }, 'Network: ', w.network),
+      h(
+        'div',
+        { class: 'person-actions' },
+        h(
+          'button',
+          {
+            type: 'button',
+            class: 'primary',
+            testid: 'admit-button',
+            'aria-label': `Admit ${who}`,
+            'data-focus-key': `admit:${w.id}`,
+            on: { click: () => send({ type: 'admit', participant_id: w.id }) },
+          },
+          'Admit',
+        ),
+        h(
+          'button',
+          {
+            type: 'button',
+            class: 'danger',
+            testid: 'refuse-button',
+            'aria-label': `Refuse ${who}`,
+            'data-focus-key': `refuse:${w.id}`,
+            on: { click: () => send({ type: 'refuse', participant_id: w.id }) },
+          },
+          'Refuse',
+        ),
+      ),
+    );
+  }
+
+  function admittedBody(): Child[] {
+    const m = view.meeting!;
+    const fact = (label: string, value: Child, cls = '') =>
+      h('div', { class: `fact ${cls}`.trim() }, h('dt', null, label), h('dd', null, value));
+    const others = view.participants.filter((p) => p.id !== view.you);
+    const out: Child[] = [
+      h(
+        'dl',
+        { class: 'facts meeting-facts' },
+        fact('Level', `${levelLabel(m.level)} (${levelDescription(m.level)})`, `level-${m.level}`),
+        fact(
+          'Lock',
+          h('span', { testid: 'lock-state', 'data-locked': String(m.locked) }, m.locked ? 'locked: no one new can join' : 'unlocked'),
+          m.locked ? 'is-locked' : '',
+        ),
+        fact('Lobby', m.lobby ? 'on' : 'off'),
+        fact('Your role', view.host ? 'host' : 'participant'),
+        fact('People', `${view.participants.length} of ${m.capacity}`),
+      ),
+    ];
+    if (view.host) {
+      out.push(
+        h(
+          'div',
+          { class: 'actions host-controls' },
+          h(
+            'button',
+            {
+              type: 'button',
+              testid: 'lock-toggle',
+              'data-focus-key': 'lock',
+              on: { click: () => send({ type: 'lock', locked: !m.locked }) },
+            },
+            m.locked ? 'Unlock meeting' : 'Lock meeting',
+          ),
+        ),
+      );
+    }
+    const plist = h('ul', { class: 'people', testid: 'participant-list', 'aria-label': 'Participants' });
+    for (const p of view.participants) plist.appendChild(participantItem(p));
+    out.push(
+      h(
+        'section',
+        { 'data-focus-fallback': 'participants' },
+        h('h2', { tabindex: '-1' }, `Participants (${view.participants.length})`),
+        others.length === 0 ? h('p', { class: 'empty' }, 'No one else is here yet.') : null,
+        plist,
+      ),
+    );
+    if (view.host) {
+      const llist = h('ul', { class: 'people', testid: 'lobby-list', 'aria-label': 'Waiting in the lobby' });
+      for (const w of view.waiting) llist.appendChild(lobbyItem(w));
+      out.push(
+        h(
+          'section',
+          { 'data-focus-fallback': 'lobby' },
+          h('h2', { tabindex: '-1' }, `Lobby (${view.waiting.length} waiting)`),
+          view.waiting.length === 0 ? h('p', { class: 'empty' }, 'No one is waiting.') : null,
+          llist,
+        ),
+      );
+    }
+    out.push(h('div', { class: 'actions' }, leaveButton('Leave meeting')));
+    return out;
+  }
+
+  function refusedBody(): Child[] {
+    const r = view.refusal!;
+    return [
+      h(
+        'div',
+        { class: 'alert', role: 'alert' },
+        h('p', { class: 'alert-title' }, 'Not admitted'),
+        h('p', { testid: 'refusal-reason', 'data-reason': r.reason }, r.message),
+        h('p', { class: 'reason-code' }, 'Reason code: ', h('code', null, r.reason)),
+      ),
+      view.closed && h('p', { testid: 'connection-closed' }, 'Disconnected: the server closed the connection.'),
+      h(
+        'div',
+        { class: 'actions' },
+        retryButton('Try again'),
+        SESSION_REASONS.has(r.reason) && h('a', { href: '/login', class: 'button-link' }, 'Sign in again'),
+        backLink(),
+      ),
+    ];
+  }
+
+  function bodyFor(): Child[] {
+    switch (view.phase) {
+      case 'connecting':
+        return [h('p', { class: 'loading' }, PHASE_TEXT.connecting)];
+      case 'refused':
+        return refusedBody();
+      case 'lobby':
+        return [
+          h('p', { class: 'lobby-wait' }, 'Waiting in the lobby for a host to admit you. The hosts see your name, device and network.'),
+          h('div', { class: 'actions' }, leaveButton('Leave the lobby')),
+        ];
+      case 'admitted':
+        return admittedBody();
+      case 'left':
+        return [h('p', null, 'You left the meeting.'), h('div', { class: 'actions' }, retryButton('Rejoin'), backLink())];
+      case 'disconnected':
+        return [
+          h('p', { class: 'warning' }, 'Disconnected. You are no longer in the meeting.'),
+          h('div', { class: 'actions' }, retryButton('Reconnect and join'), backLink()),
+        ];
+    }
+  }
+
+  function draw(): void {
+    if (!ctx.alive()) return;
+    const title = view.meeting?.title ?? 'Meeting';
+    if (heading.textContent !== title) heading.textContent = title;
+    document.title = `${title} · sealroom`;
+    if (stateWord.dataset['state'] !== view.phase) {
+      stateWord.dataset['state'] = view.phase;
+      stateWord.textContent = view.phase;
+      stateText.textContent = PHASE_TEXT[view.phase];
+    }
+
+    // Keep focus on the same control across the redraw.
+    const active = document.activeElement;
+    const hadFocus = active instanceof HTMLElement && body.contains(active);
+    const key = hadFocus ? active.dataset['focusKey'] : undefined;
+    const section = hadFocus ? active.closest<HTMLElement>('[data-focus-fallback]') : null;
+    const fallbackKey = section?.dataset['focusFallback'];
+
+    replaceChildren(body, ...bodyFor());
+
+    if (hadFocus) {
+      const again = key ? body.querySelector<HTMLElement>(`[data-focus-key="${CSS.escape(key)}"]`) : null;
+      const fb = fallbackKey ? body.querySelector<HTMLElement>(`[data-focus-fallback="${CSS.escape(fallbackKey)}"] h2`) : null;
+      (again ?? fb ?? heading).focus();
+    }
+  }
+
+  stateText.textContent = PHASE_TEXT[view.phase];
+  draw();
+  socket.open();
+}
