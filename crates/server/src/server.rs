@@ -34,6 +34,7 @@ impl Running {
         let _ = self.task.await;
         self.admin_socket.abort();
         let _ = sealroom_store::audit::checkpoint_head(&self.app.store, unix_now()).await;
+        self.app.store.pool().close().await;
     }
 }
 

@@ -222,7 +222,7 @@ impl VerifyError {
     /// The sequence number of the first bad entry.
     pub fn seq(&self) -> i64 {
         match self {
-            VerifyError::Gap { found, .. } => *found,
+            VerifyError::Gap { expected, .. } => *expected,
             VerifyError::BrokenLink { seq }
             | VerifyError::Edited { seq }
             | VerifyError::BadCheckpointSignature { seq }

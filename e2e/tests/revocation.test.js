@@ -1,0 +1,136 @@
+// Revoking a device ends its meeting participation and its session at once, whether an admin
+// does it in the admin page or on the command line against the running server.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  apiFetch,
+  assertClean,
+  cli,
+  enrol,
+  launchBrowser,
+  log,
+  meetingState,
+  finishLogin,
+  newUser,
+  passkeyAssertion,
+  onServer,
+  refusal,
+  startServer,
+  tid,
+  withResources,
+} from './lib.js';
+
+const LIMIT_MS = 1000;
+
+/** In bob's page: resolves with Date.now() of the moment the device_revoked refusal appears. */
+async function armRevocationClock(page) {
+  await page.evaluate(() => {
+    window.__revokedAt = new Promise((resolve) => {
+      const seen = () => document.querySelector('[data-testid=refusal-reason][data-reason=device_revoked]');
+      if (seen()) return resolve(Date.now());
+      const mo = new MutationObserver(() => {
+        if (seen()) {
+          mo.disconnect();
+          resolve(Date.now());
+        }
+      });
+      mo.observe(document.body, { childList: true, subtree: true, attributes: true });
+    });
+  });
+}
+
+const revokedAt = (page) => page.evaluate(() => window.__revokedAt);
+
+async function bobInMeeting(B, origin, meetingId) {
+  await B.page.goto(`${origin}/m/${meetingId}`);
+  await meetingState(B.page, 'admitted').waitFor();
+  await B.page.locator('[data-testid=participant][data-user=bob]').waitFor();
+}
+
+test('a revoked device is thrown out of its meeting within 1 s and loses its session (admin page and CLI)', { timeout: 120_000 }, async (t) => {
+  await withResources(async (res) => {
+    const server = await startServer(res);
+    const { origin, dataDir } = server;
+    const browser = await launchBrowser(res);
+
+    const A = await newUser(browser, 'admin');
+    await enrol(A, server.firstAdminLink(), { expectName: 'Administrator' });
+    const bobAdd = await cli(dataDir, ['user', 'add', 'bob', '--role', 'member', '--display-name', 'Bob Member']);
+    const meeting = await cli(dataDir, ['meeting', 'create', '--title', 'Standup', '--level', 'open', '--invite', 'bob', '--host', 'admin']);
+    const B = await newUser(browser, 'bob');
+    const bobMe = await enrol(B, onServer(server, bobAdd.enrolment_url), { expectName: 'Bob Member', deviceName: 'Bob first laptop' });
+
+    // The admin hosts the meeting (so someone sees bob leave) and bob is in it.
+    await A.page.goto(`${origin}/m/${meeting.id}`);
+    await meetingState(A.page, 'admitted').waitFor();
+    await bobInMeeting(B, origin, meeting.id);
+    await A.page.locator('[data-testid=participant][data-user=bob]').waitFor();
+
+    // --- 1. The admin page revokes bob's device while bob is in the meeting.
+    await A.page.goto(`${origin}/admin`);
+    const bobDevice = A.page.locator(`[data-testid=admin-user][data-user=bob] [data-testid=admin-device][data-device="${bobMe.device_id}"]`);
+    await bobDevice.waitFor();
+    await armRevocationClock(B.page);
+    const revokeButton = bobDevice.getByTestId('device-revoke');
+    await revokeButton.evaluate((btn) => btn.addEventListener('click', () => (window.__clickedAt = Date.now()), { capture: true, once: true }));
+    await revokeButton.click();
+    const t1 = await revokedAt(B.page);
+    const clickedAt = await A.page.evaluate(() => window.__clickedAt);
+    const uiLatency = t1 - clickedAt;
+    log(`admin page revoke → device_revoked shown after ${uiLatency} ms`);
+    t.diagnostic(`revocation latency (admin page click → device_revoked shown): ${uiLatency} ms`);
+    assert.ok(uiLatency >= 0 && uiLatency <= LIMIT_MS, `device_revoked shown ${uiLatency} ms after the click (limit ${LIMIT_MS})`);
+    assert.equal(await tid(B.page, 'meeting-state').getAttribute('data-state'), 'refused');
+    assert.equal(await tid(B.page, 'participant').count(), 0);
+    await tid(B.page, 'connection-closed').waitFor();
+    const me1 = await apiFetch(B.page, 'GET', '/api/me');
+    assert.equal(me1.status, 401, '/api/me from the revoked device');
+    // The admin page shows the device revoked; retrying from bob's page does not get back in.
+    await bobDevice.locator('.is-revoked').waitFor();
+    assert.equal(await bobDevice.getByTestId('device-revoke').count(), 0);
+    // A new socket from the revoked device is unauthenticated: the one answer is not_found.
+    await tid(B.page, 'retry-join').click();
+    await refusal(B.page, 'not_found').waitFor();
+    // Logging in again with the revoked passkey is refused.
+    const relog = await finishLogin(B.page, await passkeyAssertion(B.page));
+    assert.equal(relog.status, 400);
+    assert.equal(relog.json.code, 'device_revoked');
+    log('admin-page revocation: refused, 401, relogin refused');
+
+    // --- 2. The same through the CLI against the running server.
+    // bob enrols a second device (a fresh passkey in the same context) and rejoins.
+    const again = await cli(dataDir, ['user', 'enrol', 'bob']);
+    await B.cdp.send('WebAuthn.clearCredentials', { authenticatorId: B.authenticatorId });
+    const bobMe2 = await enrol(B, onServer(server, again.enrolment_url), { expectName: 'Bob Member', deviceName: 'Bob second laptop' });
+    assert.notEqual(bobMe2.device_id, bobMe.device_id);
+    await A.page.goto(`${origin}/m/${meeting.id}`);
+    await meetingState(A.page, 'admitted').waitFor();
+    await bobInMeeting(B, origin, meeting.id);
+    await A.page.locator('[data-testid=participant][data-user=bob]').waitFor();
+    await armRevocationClock(B.page);
+    const cliStart = Date.now();
+    const out = await cli(dataDir, ['device', 'revoke', bobMe2.device_id]);
+    const cliEnd = Date.now();
+    assert.equal(out.revoked, true);
+    assert.equal(out.changed, true);
+    assert.equal(out.server_notified, true, 'the CLI told the running server');
+    const t2 = await revokedAt(B.page);
+    log(`CLI revoke: process ran ${cliEnd - cliStart} ms; device_revoked shown ${t2 - cliStart} ms after start, ${t2 - cliEnd} ms after exit`);
+    t.diagnostic(`revocation latency (CLI start → device_revoked shown): ${t2 - cliStart} ms (the CLI process itself ran ${cliEnd - cliStart} ms)`);
+    assert.ok(t2 - cliEnd <= LIMIT_MS, `device_revoked shown ${t2 - cliEnd} ms after the CLI returned (limit ${LIMIT_MS})`);
+    assert.equal(await tid(B.page, 'meeting-state').getAttribute('data-state'), 'refused');
+    await tid(B.page, 'connection-closed').waitFor();
+    const me2 = await apiFetch(B.page, 'GET', '/api/me');
+    assert.equal(me2.status, 401, '/api/me after CLI revocation');
+    // The host's roster drops bob.
+    await A.page.locator('[data-testid=participant][data-user=bob]').waitFor({ state: 'detached' });
+    assert.equal(await tid(A.page, 'participant').count(), 1);
+    const users = await cli(dataDir, ['user', 'list']);
+    const bobDevices = users.find((u) => u.name === 'bob').devices;
+    assert.deepEqual(bobDevices.map((d) => d.revoked), [true, true]);
+    log('CLI revocation: refused, 401');
+
+    assertClean(A, B);
+  });
+});
