@@ -158,8 +158,9 @@ fn api_err(e: Error) -> anyhow::Error {
 
 /// The public origin the CLI prints links for (as the server would compute it).
 fn origin(cfg: &Config) -> String {
-    match &cfg.public_url {
-        Some(u) => u.trim_end_matches('/').to_string(),
+    let running = std::fs::read_to_string(cfg.data_dir.join("origin")).ok();
+    match cfg.public_url.as_ref().or(running.as_ref()) {
+        Some(u) => u.trim().trim_end_matches('/').to_string(),
         None if cfg.local_mode() => format!("http://localhost:{}", cfg.listen.port()),
         None => format!("https://{}", cfg.listen),
     }

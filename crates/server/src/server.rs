@@ -121,6 +121,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     });
 
     let (first_admin_link, first_admin_file) = first_admin(&app).await?;
+    // The CLI prints links with the origin of the running server.
+    std::fs::write(app.config.data_dir.join("origin"), &app.origin)?;
     let admin_socket = crate::admin_socket::listen(app.clone())?;
 
     let handle = axum_server::Handle::new();
@@ -152,6 +154,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 /// single-use, loopback-only, 30-minute enrolment link; earlier such links are revoked.
 async fn first_admin(app: &AppRef) -> anyhow::Result<(Option<String>, Option<PathBuf>)> {
     if app.store.admin_exists().await? {
+        // Disabled for good once an admin exists.
+        let mut tx = app.store.begin().await?;
+        tx.revoke_first_admin_links(unix_now()).await?;
+        tx.commit().await?;
         let _ = std::fs::remove_file(app.config.data_dir.join("first-admin-link.txt"));
         return Ok((None, None));
     }
