@@ -29,7 +29,7 @@ test('lobby admission: only invitees get in, hosts admit, refuse and remove; the
     const browser = await launchBrowser(res);
 
     // --- The first admin enrols from the link the server wrote, then creates users in the UI.
-    const A = await newUser(browser, 'admin');
+    const A = await newUser(res, browser, 'admin');
     await A.page.goto(`${origin}/`);
     await A.page.waitForURL(`${origin}/login`);
     const adminMe = await enrol(A, server.firstAdminLink(), { expectName: 'Administrator' });
@@ -47,13 +47,13 @@ test('lobby admission: only invitees get in, hosts admit, refuse and remove; the
     log('admin created olga, bob, eve');
 
     // --- bob enrols in a second context from the link the admin page showed; olga in a third.
-    const B = await newUser(browser, 'bob');
+    const B = await newUser(res, browser, 'bob');
     const bobMe = await enrol(B, bobLink, { expectName: 'Bob Member', deviceName: 'Bob laptop' });
     assert.equal(bobMe.name, 'bob');
     assert.equal(bobMe.role, 'member');
     assert.equal(await tid(B.page, 'nav-admin').count(), 0, 'members have no admin link');
     assert.equal(await tid(B.page, 'nav-new-meeting').count(), 0, 'members cannot create meetings');
-    const O = await newUser(browser, 'olga');
+    const O = await newUser(res, browser, 'olga');
     await enrol(O, olgaLink, { expectName: 'Olga Organiser', deviceName: 'Olga desktop' });
     // A used link cannot enrol again.
     await A.page.reload();

@@ -64,6 +64,8 @@ process.on('exit', () => {
 export class Resources {
   constructor() {
     this.cleanups = [];
+    /** Called with a directory when the test failed (screenshots, server log). */
+    this.onFailure = [];
   }
   /** Registers a cleanup; they run in reverse order. */
   defer(label, fn) {
@@ -88,6 +90,18 @@ export async function withResources(body) {
   const res = new Resources();
   try {
     return await body(res);
+  } catch (e) {
+    const dir = path.join(E2E_DIR, 'test-results', `${path.basename(process.argv[1] ?? 'test')}-${Date.now()}`);
+    try {
+      fs.mkdirSync(dir, { recursive: true });
+      for (const fn of res.onFailure) {
+        await withTimeout(Promise.resolve().then(() => fn(dir)), 10_000, 'failure dump').catch(() => {});
+      }
+      log(`failure details in ${dir}`);
+    } catch {
+      /* best effort */
+    }
+    throw e;
   } finally {
     await res.close();
   }
@@ -171,6 +185,7 @@ export async function startServer(res, opts = {}) {
   });
   const { addr, origin } = await withTimeout(listening, 20_000, 'server start');
   const port = Number(addr.split(':').pop());
+  res.onFailure.push((dir) => fs.writeFileSync(path.join(dir, 'server.log'), `${stdout}\n--- stderr ---\n${stderr}`));
   log(`server ${addr} ${origin} data ${dataDir}`);
   return {
     addr,
@@ -276,11 +291,15 @@ export async function launchBrowser(res, { args = [], env } = {}) {
  * resident keys, user verification). Page errors and unexpected console errors are collected
  * in `user.problems`; `assertClean(...)` fails on them.
  */
-export async function newUser(browser, label, { contextOptions = {}, ignoreConsole = [] } = {}) {
+export async function newUser(res, browser, label, { contextOptions = {}, ignoreConsole = [] } = {}) {
   const ctx = await browser.newContext(contextOptions);
   ctx.setDefaultTimeout(STEP_TIMEOUT_MS);
   const page = await ctx.newPage();
   const problems = [];
+  res.onFailure.push(async (dir) => {
+    fs.writeFileSync(path.join(dir, `${label}.txt`), `${page.url()}\n${problems.join('\n')}\n`);
+    await page.screenshot({ path: path.join(dir, `${label}.png`), fullPage: true, timeout: 5000 });
+  });
   page.on('pageerror', (e) => problems.push(`${label} pageerror: ${e.message}`));
   page.on('console', (m) => {
     if (m.type() !== 'error') return;

@@ -54,11 +54,11 @@ test('a revoked device is thrown out of its meeting within 1 s and loses its ses
     const { origin, dataDir } = server;
     const browser = await launchBrowser(res);
 
-    const A = await newUser(browser, 'admin');
+    const A = await newUser(res, browser, 'admin');
     await enrol(A, server.firstAdminLink(), { expectName: 'Administrator' });
     const bobAdd = await cli(dataDir, ['user', 'add', 'bob', '--role', 'member', '--display-name', 'Bob Member']);
     const meeting = await cli(dataDir, ['meeting', 'create', '--title', 'Standup', '--level', 'open', '--invite', 'bob', '--host', 'admin']);
-    const B = await newUser(browser, 'bob');
+    const B = await newUser(res, browser, 'bob');
     const bobMe = await enrol(B, onServer(server, bobAdd.enrolment_url), { expectName: 'Bob Member', deviceName: 'Bob first laptop' });
 
     // The admin hosts the meeting (so someone sees bob leave) and bob is in it.

@@ -19,6 +19,7 @@ import type {
   Me,
   MeetingCreated,
   MeetingSummary,
+  SetDeviceRestricted,
   UserRef,
   UserView,
 } from './proto';
@@ -133,7 +134,6 @@ export const api = {
   adminEnrolments: () => get<EnrolmentView[]>('/api/admin/enrolments'),
   adminRevokeEnrolment: (id: string) => post<Empty>(`/api/admin/enrolments/${seg(id)}/revoke`),
   adminRevokeDevice: (id: string) => post<Empty>(`/api/admin/devices/${seg(id)}/revoke`),
-  // The body `{allowed}` has no named type in crates/proto (see the report to the lead).
   adminSetRestricted: (id: string, allowed: boolean) =>
-    post<Empty>(`/api/admin/devices/${seg(id)}/restricted`, { allowed }),
+    post<Empty>(`/api/admin/devices/${seg(id)}/restricted`, { allowed } satisfies SetDeviceRestricted),
 };

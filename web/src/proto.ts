@@ -76,6 +76,8 @@ export type UserRef = { name: string, display_name: string, };
 
 export type CreateUser = { name: string, display_name: string, role: Role, };
 
+export type SetDeviceRestricted = { allowed: boolean, };
+
 export type EnrolmentView = { id: string, user_name: string, created_at: number, expires_at: number, 
 /**
  * `pending`, `used`, `revoked` or `expired`.

@@ -249,6 +249,13 @@ pub struct CreateUser {
     pub role: Role,
 }
 
+/// Approve (or withdraw approval of) a device for levels that require approved devices.
+#[derive(Debug, Clone, Serialize, Deserialize, TS)]
+#[serde(deny_unknown_fields)]
+pub struct SetDeviceRestricted {
+    pub allowed: bool,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, TS)]
 pub struct EnrolmentView {
     pub id: String,

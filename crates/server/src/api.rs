@@ -7,7 +7,6 @@ use axum::extract::{Path, State};
 use axum::Json;
 use sealroom_proto::*;
 use sealroom_store::DeviceRow;
-use serde::Deserialize;
 use serde_json::{json, Value};
 
 fn device_view(d: &DeviceRow) -> DeviceView {
@@ -268,17 +267,11 @@ pub async fn admin_revoke_device(
     Ok(Json(json!({})))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RestrictedBody {
-    allowed: bool,
-}
-
 pub async fn admin_device_restricted(
     State(app): State<AppRef>,
     a: Authed,
     Path(id): Path<String>,
-    JsonBody(req): JsonBody<RestrictedBody>,
+    JsonBody(req): JsonBody<SetDeviceRestricted>,
 ) -> ApiResult<Json<Value>> {
     require_admin(&a)?;
     let mut tx = app.store.begin().await?;

@@ -63,7 +63,9 @@ async fn usable_enrolment(
         .enrolment_by_token_hash(&hash_secret(token))
         .await?
         .ok_or_else(invalid_link)?;
-    if e.state(unix_now()) != "pending" || (e.first_admin && (!ip.0.is_loopback() || app.store.admin_exists().await?)) {
+    if e.state(unix_now()) != "pending"
+        || (e.first_admin && (!ip.0.is_loopback() || app.store.admin_exists().await?))
+    {
         return Err(invalid_link());
     }
     let user = app.store.user(&e.user_id).await?.ok_or_else(invalid_link)?;

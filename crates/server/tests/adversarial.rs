@@ -36,9 +36,15 @@ fn quantile(v: &[f64], q: f64) -> f64 {
 
 async fn timed_join(ws: &mut Ws, id: &str) -> (f64, String) {
     let t = Instant::now();
-    ws.send(&ClientMsg::Join { meeting_id: id.into() }).await;
+    ws.send(&ClientMsg::Join {
+        meeting_id: id.into(),
+    })
+    .await;
     let m = ws.next().await;
-    (t.elapsed().as_secs_f64() * 1e6, serde_json::to_string(&m).expect("json"))
+    (
+        t.elapsed().as_secs_f64() * 1e6,
+        serde_json::to_string(&m).expect("json"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,7 +65,10 @@ async fn nonexistent_and_not_invited_meetings_are_indistinguishable() {
     }
     let random: Vec<String> = (0..N).map(|_| sealroom_store::random_id()).collect();
 
-    for (who, client) in [("logged in, not invited", eve.clone()), ("not logged in", s.anonymous())] {
+    for (who, client) in [
+        ("logged in, not invited", eve.clone()),
+        ("not logged in", s.anonymous()),
+    ] {
         let mut ws = client.ws().await;
         // Warm up, then interleave so drift hits both samples alike.
         for id in real.iter().take(20).chain(random.iter().take(20)) {
@@ -93,16 +102,39 @@ async fn nonexistent_and_not_invited_meetings_are_indistinguishable() {
         );
         // With identical code paths the distributions differ only by noise; a path that skips
         // the audit write or takes a different query shifts the whole distribution (D near 1).
-        assert!(d < 0.1, "{who}: timing distributions differ (KS D = {d:.4})");
+        assert!(
+            d < 0.1,
+            "{who}: timing distributions differ (KS D = {d:.4})"
+        );
     }
     // Every probe was audited, with the requested id only as an HMAC.
-    let log = sealroom_store::audit::entries(s.running.app.store.pool()).await.expect("log");
-    let probes = log.iter().filter(|e| e.entry.kind == "join.refused" && e.entry.subject.starts_with("probe:")).count();
+    let log = sealroom_store::audit::entries(s.running.app.store.pool())
+        .await
+        .expect("log");
+    let probes = log
+        .iter()
+        .filter(|e| e.entry.kind == "join.refused" && e.entry.subject.starts_with("probe:"))
+        .count();
     assert!(probes >= 4 * N, "only {probes} probes audited");
-    assert!(!log.iter().any(|e| e.entry.subject.contains(&random[0])), "a probed id is stored in clear");
+    assert!(
+        !log.iter().any(|e| e.entry.subject.contains(&random[0])),
+        "a probed id is stored in clear"
+    );
     // The meeting page itself is the same for every id.
-    let a = s.anonymous().get(&format!("/m/{}", real[0])).await.text().await.expect("body");
-    let b = s.anonymous().get(&format!("/m/{}", random[0])).await.text().await.expect("body");
+    let a = s
+        .anonymous()
+        .get(&format!("/m/{}", real[0]))
+        .await
+        .text()
+        .await
+        .expect("body");
+    let b = s
+        .anonymous()
+        .get(&format!("/m/{}", random[0]))
+        .await
+        .text()
+        .await
+        .expect("body");
     assert_eq!(a, b);
 }
 
@@ -114,7 +146,13 @@ async fn login_rate_limit_triggers_with_retry_after_and_recovers() {
     for i in 0..70 {
         let r = anon.post("/api/login/passkey/start", json!({})).await;
         if r.status() == 429 {
-            limited = Some((i, r.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_string)));
+            limited = Some((
+                i,
+                r.headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
+            ));
             break;
         }
         assert!(r.status().is_success(), "{}", r.status());
@@ -122,12 +160,25 @@ async fn login_rate_limit_triggers_with_retry_after_and_recovers() {
     let (after, retry) = limited.expect("429 within 70 attempts");
     println!("login limited after {after} attempts, Retry-After {retry:?}");
     assert_eq!(after, 60);
-    let secs: u64 = retry.expect("Retry-After present").parse().expect("seconds");
+    let secs: u64 = retry
+        .expect("Retry-After present")
+        .parse()
+        .expect("seconds");
     assert!((1..=60).contains(&secs));
     tokio::time::sleep(Duration::from_millis(1100 * secs)).await;
-    assert!(anon.post("/api/login/passkey/start", json!({})).await.status().is_success(), "did not recover");
-    let log = sealroom_store::audit::entries(s.running.app.store.pool()).await.expect("log");
-    assert!(log.iter().any(|e| e.entry.kind == "rate_limited" && e.entry.subject == "login"));
+    assert!(
+        anon.post("/api/login/passkey/start", json!({}))
+            .await
+            .status()
+            .is_success(),
+        "did not recover"
+    );
+    let log = sealroom_store::audit::entries(s.running.app.store.pool())
+        .await
+        .expect("log");
+    assert!(log
+        .iter()
+        .any(|e| e.entry.kind == "rate_limited" && e.entry.subject == "login"));
 }
 
 #[tokio::test]
@@ -140,11 +191,20 @@ async fn join_rate_limit_per_account_triggers_and_recovers() {
     let eve = s.member("eve").await;
     let mut ws = eve.ws().await;
     for _ in 0..60 {
-        assert_eq!(refused_reason(&ws.join("nope").await), Some(RefusalReason::NotFound));
+        assert_eq!(
+            refused_reason(&ws.join("nope").await),
+            Some(RefusalReason::NotFound)
+        );
     }
-    assert_eq!(refused_reason(&ws.join("nope").await), Some(RefusalReason::RateLimited));
+    assert_eq!(
+        refused_reason(&ws.join("nope").await),
+        Some(RefusalReason::RateLimited)
+    );
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(refused_reason(&ws.join("nope").await), Some(RefusalReason::NotFound));
+    assert_eq!(
+        refused_reason(&ws.join("nope").await),
+        Some(RefusalReason::NotFound)
+    );
 }
 
 #[tokio::test]
@@ -154,7 +214,12 @@ async fn origin_host_and_content_type_are_enforced() {
     let url = bob.url("/api/logout");
     let cookie = format!("__Host-sealroom={}", bob.cookie.clone().expect("cookie"));
     let post = |origin: Option<&str>, host: Option<&str>, ctype: &str| {
-        let mut r = s.http.post(&url).header("Cookie", &cookie).header("Content-Type", ctype).body("{}");
+        let mut r = s
+            .http
+            .post(&url)
+            .header("Cookie", &cookie)
+            .header("Content-Type", ctype)
+            .body("{}");
         if let Some(o) = origin {
             r = r.header("Origin", o);
         }
@@ -163,13 +228,32 @@ async fn origin_host_and_content_type_are_enforced() {
         }
         r.send()
     };
-    let evil = post(Some("http://evil.example"), None, "application/json").await.expect("send");
+    let evil = post(Some("http://evil.example"), None, "application/json")
+        .await
+        .expect("send");
     assert_eq!(evil.status(), 403);
-    assert_eq!(evil.json::<ApiError>().await.expect("body").code, "bad_origin");
-    assert_eq!(post(None, None, "application/json").await.expect("send").status(), 403);
-    let rebinding = post(Some(s.origin()), Some("attacker.example:80"), "application/json").await.expect("send");
+    assert_eq!(
+        evil.json::<ApiError>().await.expect("body").code,
+        "bad_origin"
+    );
+    assert_eq!(
+        post(None, None, "application/json")
+            .await
+            .expect("send")
+            .status(),
+        403
+    );
+    let rebinding = post(
+        Some(s.origin()),
+        Some("attacker.example:80"),
+        "application/json",
+    )
+    .await
+    .expect("send");
     assert_eq!(rebinding.status(), 421);
-    let form = post(Some(s.origin()), None, "text/plain").await.expect("send");
+    let form = post(Some(s.origin()), None, "text/plain")
+        .await
+        .expect("send");
     assert_eq!(form.status(), 415);
     // The session survived all of that.
     assert_eq!(bob.get("/api/me").await.status(), 200);
@@ -179,13 +263,17 @@ async fn origin_host_and_content_type_are_enforced() {
     for origin in [Some("http://evil.example"), None] {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let mut req = ws_url.clone().into_client_request().expect("req");
-        req.headers_mut().insert("Cookie", cookie.parse().expect("h"));
+        req.headers_mut()
+            .insert("Cookie", cookie.parse().expect("h"));
         if let Some(o) = origin {
             req.headers_mut().insert("Origin", o.parse().expect("h"));
         }
         match tokio_tungstenite::connect_async(req).await {
             Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 403),
-            other => panic!("upgrade with origin {origin:?} not refused: {:?}", other.map(|x| x.1)),
+            other => panic!(
+                "upgrade with origin {origin:?} not refused: {:?}",
+                other.map(|x| x.1)
+            ),
         }
     }
 }
@@ -197,8 +285,17 @@ async fn responses_carry_security_headers_and_the_cookie_is_locked_down() {
     let anon = s.anonymous();
     let page = anon.get("/").await;
     let h = page.headers();
-    let csp = h.get("content-security-policy").expect("CSP").to_str().expect("ascii");
-    for part in ["default-src 'self'", "frame-ancestors 'none'", "require-trusted-types-for 'script'", "object-src 'none'"] {
+    let csp = h
+        .get("content-security-policy")
+        .expect("CSP")
+        .to_str()
+        .expect("ascii");
+    for part in [
+        "default-src 'self'",
+        "frame-ancestors 'none'",
+        "require-trusted-types-for 'script'",
+        "object-src 'none'",
+    ] {
         assert!(csp.contains(part), "CSP lacks {part}: {csp}");
     }
     assert_eq!(h.get("x-content-type-options").expect("nosniff"), "nosniff");
@@ -207,23 +304,51 @@ async fn responses_carry_security_headers_and_the_cookie_is_locked_down() {
     // Log in a software device and inspect Set-Cookie.
     let mut c = s.anonymous();
     c.enrol_software(&token, "bot").await;
-    let r = c.post("/api/login/software/start", json!({"device_id": c.device_id})).await;
+    let r = c
+        .post(
+            "/api/login/software/start",
+            json!({"device_id": c.device_id}),
+        )
+        .await;
     let ch: SoftwareChallenge = r.json().await.expect("json");
     use ed25519_dalek::Signer;
-    let sig = c.key.as_ref().expect("key").sign(&software_login_message(s.origin(), &ch.nonce, &c.device_id));
+    let sig = c.key.as_ref().expect("key").sign(&software_login_message(
+        s.origin(),
+        &ch.nonce,
+        &c.device_id,
+    ));
     use base64::Engine;
     let body = json!({"flow_id": ch.flow_id, "device_id": c.device_id, "signature": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig.to_bytes())});
     let r = c.post("/api/login/software/finish", body.clone()).await;
     assert_eq!(r.status(), 200);
-    let set_cookie = r.headers().get("set-cookie").expect("cookie").to_str().expect("ascii").to_string();
-    for attr in ["__Host-sealroom=", "Path=/", "Secure", "HttpOnly", "SameSite=Strict", "Max-Age=43200"] {
-        assert!(set_cookie.contains(attr), "cookie lacks {attr}: {set_cookie}");
+    let set_cookie = r
+        .headers()
+        .get("set-cookie")
+        .expect("cookie")
+        .to_str()
+        .expect("ascii")
+        .to_string();
+    for attr in [
+        "__Host-sealroom=",
+        "Path=/",
+        "Secure",
+        "HttpOnly",
+        "SameSite=Strict",
+        "Max-Age=43200",
+    ] {
+        assert!(
+            set_cookie.contains(attr),
+            "cookie lacks {attr}: {set_cookie}"
+        );
     }
     assert!(!set_cookie.contains("Domain"), "{set_cookie}");
     // The same signed challenge cannot be replayed.
     let replay = c.post("/api/login/software/finish", body).await;
     assert_eq!(replay.status(), 400);
-    assert_eq!(replay.json::<ApiError>().await.expect("body").code, "login_failed");
+    assert_eq!(
+        replay.json::<ApiError>().await.expect("body").code,
+        "login_failed"
+    );
 }
 
 #[tokio::test]
@@ -234,29 +359,78 @@ async fn forged_software_logins_are_refused() {
     use ed25519_dalek::Signer;
     let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
     // Signed for another origin (a phishing server relaying the challenge).
-    let ch: SoftwareChallenge = bob.post("/api/login/software/start", json!({"device_id": bob.device_id})).await.json().await.expect("json");
-    let sig = bob.key.as_ref().expect("key").sign(&software_login_message("https://evil.example", &ch.nonce, &bob.device_id));
+    let ch: SoftwareChallenge = bob
+        .post(
+            "/api/login/software/start",
+            json!({"device_id": bob.device_id}),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+    let sig = bob.key.as_ref().expect("key").sign(&software_login_message(
+        "https://evil.example",
+        &ch.nonce,
+        &bob.device_id,
+    ));
     let r = bob.post("/api/login/software/finish", json!({"flow_id": ch.flow_id, "device_id": bob.device_id, "signature": b64(&sig.to_bytes())})).await;
     assert_eq!(r.status(), 400);
     // Signed by another key.
     let other = ed25519_dalek::SigningKey::from_bytes(&rand_bytes());
-    let ch: SoftwareChallenge = bob.post("/api/login/software/start", json!({"device_id": bob.device_id})).await.json().await.expect("json");
-    let sig = other.sign(&software_login_message(s.origin(), &ch.nonce, &bob.device_id));
+    let ch: SoftwareChallenge = bob
+        .post(
+            "/api/login/software/start",
+            json!({"device_id": bob.device_id}),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+    let sig = other.sign(&software_login_message(
+        s.origin(),
+        &ch.nonce,
+        &bob.device_id,
+    ));
     let r = bob.post("/api/login/software/finish", json!({"flow_id": ch.flow_id, "device_id": bob.device_id, "signature": b64(&sig.to_bytes())})).await;
     assert_eq!(r.status(), 400);
     // An unknown device gets a challenge like any other, and fails the same way.
-    let ch: SoftwareChallenge = bob.post("/api/login/software/start", json!({"device_id": "nope"})).await.json().await.expect("json");
-    let r = bob.post("/api/login/software/finish", json!({"flow_id": ch.flow_id, "device_id": "nope", "signature": b64(&[0u8; 64])})).await;
+    let ch: SoftwareChallenge = bob
+        .post("/api/login/software/start", json!({"device_id": "nope"}))
+        .await
+        .json()
+        .await
+        .expect("json");
+    let r = bob
+        .post(
+            "/api/login/software/finish",
+            json!({"flow_id": ch.flow_id, "device_id": "nope", "signature": b64(&[0u8; 64])}),
+        )
+        .await;
     assert_eq!(r.status(), 400);
-    assert_eq!(r.json::<ApiError>().await.expect("body").code, "login_failed");
+    assert_eq!(
+        r.json::<ApiError>().await.expect("body").code,
+        "login_failed"
+    );
     // Garbage bodies are clear errors.
-    let r = bob.post("/api/login/software/finish", json!({"flow_id": 5})).await;
+    let r = bob
+        .post("/api/login/software/finish", json!({"flow_id": 5}))
+        .await;
     assert_eq!(r.status(), 400);
-    assert_eq!(r.json::<ApiError>().await.expect("body").code, "bad_request");
+    assert_eq!(
+        r.json::<ApiError>().await.expect("body").code,
+        "bad_request"
+    );
     // The real key still works.
     assert!(bob.login_software().await.is_ok());
-    let log = sealroom_store::audit::entries(s.running.app.store.pool()).await.expect("log");
-    assert!(log.iter().filter(|e| e.entry.kind == "login.failed").count() >= 3);
+    let log = sealroom_store::audit::entries(s.running.app.store.pool())
+        .await
+        .expect("log");
+    assert!(
+        log.iter()
+            .filter(|e| e.entry.kind == "login.failed")
+            .count()
+            >= 3
+    );
 }
 
 #[tokio::test]
@@ -273,20 +447,56 @@ async fn enrolment_links_are_single_use_revocable_expiring_and_reading_changes_n
     let mut c = s.anonymous();
     assert_eq!(c.enrol_software(&token, "bot").await, 200);
     let mut again = s.anonymous();
-    assert_eq!(again.enrol_software(&token, "bot2").await, 400, "a used link worked twice");
-    assert_eq!(anon.post("/api/enrol/info", json!({"token": token})).await.status(), 400);
+    assert_eq!(
+        again.enrol_software(&token, "bot2").await,
+        400,
+        "a used link worked twice"
+    );
+    assert_eq!(
+        anon.post("/api/enrol/info", json!({"token": token}))
+            .await
+            .status(),
+        400
+    );
 
     // Revoked.
     let admin = s.passkey_user("root", Role::Admin).await;
-    let users: Vec<UserView> = admin.get("/api/admin/users").await.json().await.expect("users");
-    let bob_id = users.iter().find(|u| u.name == "bob").expect("bob").id.clone();
-    let link: EnrolmentLink = admin.post(&format!("/api/admin/users/{bob_id}/enrolments"), json!({})).await.json().await.expect("link");
+    let users: Vec<UserView> = admin
+        .get("/api/admin/users")
+        .await
+        .json()
+        .await
+        .expect("users");
+    let bob_id = users
+        .iter()
+        .find(|u| u.name == "bob")
+        .expect("bob")
+        .id
+        .clone();
+    let link: EnrolmentLink = admin
+        .post(&format!("/api/admin/users/{bob_id}/enrolments"), json!({}))
+        .await
+        .json()
+        .await
+        .expect("link");
     let t2 = link.url.split_once('#').expect("fragment").1.to_string();
-    assert!(admin.post(&format!("/api/admin/enrolments/{}/revoke", link.enrolment.id), json!({})).await.status().is_success());
+    assert!(admin
+        .post(
+            &format!("/api/admin/enrolments/{}/revoke", link.enrolment.id),
+            json!({})
+        )
+        .await
+        .status()
+        .is_success());
     assert_eq!(s.anonymous().enrol_software(&t2, "bot3").await, 400);
 
     // Expired.
-    let link: EnrolmentLink = admin.post(&format!("/api/admin/users/{bob_id}/enrolments"), json!({})).await.json().await.expect("link");
+    let link: EnrolmentLink = admin
+        .post(&format!("/api/admin/users/{bob_id}/enrolments"), json!({}))
+        .await
+        .json()
+        .await
+        .expect("link");
     let t3 = link.url.split_once('#').expect("fragment").1.to_string();
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(s.anonymous().enrol_software(&t3, "bot4").await, 400);
@@ -301,7 +511,9 @@ async fn malformed_oversized_and_out_of_order_messages_get_clear_errors_and_chan
     let s = server().await;
     let host = s.passkey_user("hana", Role::Organiser).await;
     let bob = s.member("bob").await;
-    let id = s.meeting("hana", meeting_req(Level::Open, &["bob"], &[], true)).await;
+    let id = s
+        .meeting("hana", meeting_req(Level::Open, &["bob"], &[], true))
+        .await;
     let mut h = host.ws().await;
     assert!(matches!(h.join(&id).await, ServerMsg::Admitted { .. }));
     let mut b = bob.ws().await;
@@ -312,9 +524,15 @@ async fn malformed_oversized_and_out_of_order_messages_get_clear_errors_and_chan
         ("{not json", "malformed"),
         ("{\"type\":\"fly\"}", "malformed"),
         ("{\"type\":\"join\"}", "malformed"),
-        ("{\"type\":\"join\",\"meeting_id\":\"x\",\"extra\":1}", "malformed"),
+        (
+            "{\"type\":\"join\",\"meeting_id\":\"x\",\"extra\":1}",
+            "malformed",
+        ),
         ("[]", "malformed"),
-        ("{\"type\":\"admit\",\"participant_id\":\"x\"}", "not_allowed"),
+        (
+            "{\"type\":\"admit\",\"participant_id\":\"x\"}",
+            "not_allowed",
+        ),
         ("{\"type\":\"lock\",\"locked\":true}", "not_allowed"),
         ("{\"type\":\"leave\"}", "not_allowed"),
     ] {
@@ -322,23 +540,47 @@ async fn malformed_oversized_and_out_of_order_messages_get_clear_errors_and_chan
         let m = b.next().await;
         assert!(expect_error(code)(&m), "{raw} → {m:?}");
     }
-    let big = format!("{{\"type\":\"join\",\"meeting_id\":\"{}\"}}", "a".repeat(MAX_WS_MESSAGE + 10));
+    let big = format!(
+        "{{\"type\":\"join\",\"meeting_id\":\"{}\"}}",
+        "a".repeat(MAX_WS_MESSAGE + 10)
+    );
     b.send_raw(&big).await;
     assert!(expect_error("too_large")(&b.next().await));
-    b.stream.send(tokio_tungstenite::tungstenite::Message::Binary(vec![1u8, 2, 3].into())).await.expect("send");
+    b.stream
+        .send(tokio_tungstenite::tungstenite::Message::Binary(
+            vec![1u8, 2, 3].into(),
+        ))
+        .await
+        .expect("send");
     assert!(expect_error("text_only")(&b.next().await));
 
     // In the lobby: joining again or host actions are refused; nothing reaches the host.
     assert!(matches!(b.join(&id).await, ServerMsg::Lobby));
-    h.expect("lobby", |m| matches!(m, ServerMsg::LobbyUpdate { waiting } if waiting.len() == 1)).await;
-    b.send(&ClientMsg::Join { meeting_id: id.clone() }).await;
+    h.expect(
+        "lobby",
+        |m| matches!(m, ServerMsg::LobbyUpdate { waiting } if waiting.len() == 1),
+    )
+    .await;
+    b.send(&ClientMsg::Join {
+        meeting_id: id.clone(),
+    })
+    .await;
     assert!(expect_error("not_allowed")(&b.next().await));
-    b.send(&ClientMsg::Admit { participant_id: "x".into() }).await;
+    b.send(&ClientMsg::Admit {
+        participant_id: "x".into(),
+    })
+    .await;
     assert!(expect_error("not_allowed")(&b.next().await));
-    assert!(h.try_next(Duration::from_millis(200)).await.is_none(), "host saw a change");
+    assert!(
+        h.try_next(Duration::from_millis(200)).await.is_none(),
+        "host saw a change"
+    );
 
     // A host acting on someone who does not exist gets a clear error.
-    h.send(&ClientMsg::Remove { participant_id: "ghost".into() }).await;
+    h.send(&ClientMsg::Remove {
+        participant_id: "ghost".into(),
+    })
+    .await;
     assert!(expect_error("no_such_participant")(&h.next().await));
     // The socket still works and the state is as before.
     b.send(&ClientMsg::Ping).await;
@@ -348,15 +590,25 @@ async fn malformed_oversized_and_out_of_order_messages_get_clear_errors_and_chan
 
     // A message over the frame limit ends that socket only.
     let huge = "x".repeat(70 * 1024);
-    let _ = b.stream.send(tokio_tungstenite::tungstenite::Message::Text(huge.into())).await;
+    let _ = b
+        .stream
+        .send(tokio_tungstenite::tungstenite::Message::Text(huge.into()))
+        .await;
     assert!(b.closed_within(Duration::from_secs(2)).await);
-    h.expect("lobby empty", |m| matches!(m, ServerMsg::LobbyUpdate { waiting } if waiting.is_empty())).await;
+    h.expect(
+        "lobby empty",
+        |m| matches!(m, ServerMsg::LobbyUpdate { waiting } if waiting.is_empty()),
+    )
+    .await;
     h.send(&ClientMsg::Ping).await;
     assert!(matches!(h.next().await, ServerMsg::Pong));
 
     // Unauthenticated sockets may only ask (and always hear "not found").
     let mut anon = s.anonymous().ws().await;
-    assert_eq!(refused_reason(&anon.join(&id).await), Some(RefusalReason::NotFound));
+    assert_eq!(
+        refused_reason(&anon.join(&id).await),
+        Some(RefusalReason::NotFound)
+    );
     anon.send(&ClientMsg::Leave).await;
     assert!(expect_error("not_allowed")(&anon.next().await));
 }
@@ -370,7 +622,10 @@ async fn verify_cli(dir: &std::path::Path) -> (bool, serde_json::Value) {
         .output()
         .await
         .expect("cli");
-    (out.status.success(), serde_json::from_slice(&out.stdout).unwrap_or_default())
+    (
+        out.status.success(),
+        serde_json::from_slice(&out.stdout).unwrap_or_default(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -378,7 +633,9 @@ async fn audit_verify_names_the_first_edited_deleted_or_swapped_entry() {
     let s = server().await;
     let host = s.passkey_user("hana", Role::Organiser).await;
     let bob = s.member("bob").await;
-    let id = s.meeting("hana", meeting_req(Level::Open, &["bob"], &[], false)).await;
+    let id = s
+        .meeting("hana", meeting_req(Level::Open, &["bob"], &[], false))
+        .await;
     let mut h = host.ws().await;
     h.join(&id).await;
     let mut b = bob.ws().await;
@@ -388,7 +645,9 @@ async fn audit_verify_names_the_first_edited_deleted_or_swapped_entry() {
         probe.join("nope").await;
     }
     let dir = s.dir.path().to_path_buf();
-    let TestServer { running, dir: tmp, .. } = s;
+    let TestServer {
+        running, dir: tmp, ..
+    } = s;
     running.shutdown().await;
     let (ok, v) = verify_cli(&dir).await;
     assert!(ok, "{v}");
@@ -407,13 +666,22 @@ async fn audit_verify_names_the_first_edited_deleted_or_swapped_entry() {
     };
     async fn exec(d: &std::path::Path, sql: &str) {
         use sqlx::Connection;
-        let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", d.join("sealroom.db").display())).await.expect("db");
+        let mut c = sqlx::SqliteConnection::connect(&format!(
+            "sqlite://{}",
+            d.join("sealroom.db").display()
+        ))
+        .await
+        .expect("db");
         for stmt in sql.split(';').filter(|s| !s.trim().is_empty()) {
             sqlx::query(stmt).execute(&mut c).await.expect("tamper");
         }
     }
     let edited = copy("edited");
-    exec(&edited, "UPDATE audit SET source = '198.18.7.7' WHERE seq = 6").await;
+    exec(
+        &edited,
+        "UPDATE audit SET source = '198.18.7.7' WHERE seq = 6",
+    )
+    .await;
     let deleted = copy("deleted");
     exec(&deleted, "DELETE FROM audit WHERE seq = 4").await;
     let swapped = copy("swapped");
@@ -422,6 +690,10 @@ async fn audit_verify_names_the_first_edited_deleted_or_swapped_entry() {
         let (ok, v) = verify_cli(&d).await;
         assert!(!ok, "{} verified after tampering", d.display());
         assert_eq!(v["first_bad_entry"], first_bad, "{v}");
-        println!("{}: {}", d.file_name().and_then(|x| x.to_str()).unwrap_or(""), v["error"]);
+        println!(
+            "{}: {}",
+            d.file_name().and_then(|x| x.to_str()).unwrap_or(""),
+            v["error"]
+        );
     }
 }

@@ -7,20 +7,41 @@ use sealroom_proto::*;
 use serde_json::{json, Value};
 
 fn parse(out: &std::process::Output) -> Value {
-    assert!(out.status.success(), "cli failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    assert!(
+        out.status.success(),
+        "cli failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_admin_link_is_private_loopback_only_and_gone_once_an_admin_exists() {
     let s = server().await;
-    let link = s.running.first_admin_link.clone().expect("empty database prints a link");
-    assert!(link.starts_with(&format!("{}/enrol#", s.origin())), "{link}");
+    let link = s
+        .running
+        .first_admin_link
+        .clone()
+        .expect("empty database prints a link");
+    assert!(
+        link.starts_with(&format!("{}/enrol#", s.origin())),
+        "{link}"
+    );
     let file = s.running.first_admin_file.clone().expect("file");
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&file).expect("file").permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&file).expect("file").permissions().mode() & 0o777,
+        0o600
+    );
     let token = link.split_once('#').expect("fragment").1;
-    let info: EnrolInfo = s.anonymous().post("/api/enrol/info", json!({"token": token})).await.json().await.expect("info");
+    let info: EnrolInfo = s
+        .anonymous()
+        .post("/api/enrol/info", json!({"token": token}))
+        .await
+        .json()
+        .await
+        .expect("info");
     assert_eq!((info.name.as_str(), info.role), ("admin", Role::Admin));
     assert!(info.expires_at - sealroom_server::state::unix_now() <= 30 * 60);
     // Not usable for a software device (admins use passkeys).
@@ -29,7 +50,11 @@ async fn first_admin_link_is_private_loopback_only_and_gone_once_an_admin_exists
     // Once an admin with a device exists, a restart prints no link and the old one is dead.
     s.passkey_user("root", Role::Admin).await;
     let dir = s.dir.path().to_path_buf();
-    let TestServer { running, dir: _keep, .. } = s;
+    let TestServer {
+        running,
+        dir: _keep,
+        ..
+    } = s;
     running.shutdown().await;
     let mut cfg = sealroom_server::config::Config::test_config(dir.clone());
     cfg.listen = "127.0.0.1:0".parse().expect("addr");
@@ -59,9 +84,24 @@ async fn first_admin_link_is_private_loopback_only_and_gone_once_an_admin_exists
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_commands_for_scripts() {
     let s = server().await;
-    let v = parse(&s.cli(&["--json", "user", "add", "olga", "--role", "organiser", "--display-name", "Olga O."]).await);
+    let v = parse(
+        &s.cli(&[
+            "--json",
+            "user",
+            "add",
+            "olga",
+            "--role",
+            "organiser",
+            "--display-name",
+            "Olga O.",
+        ])
+        .await,
+    );
     assert_eq!(v["role"], "organiser");
-    assert!(v["enrolment_url"].as_str().expect("url").contains("/enrol#"));
+    assert!(v["enrolment_url"]
+        .as_str()
+        .expect("url")
+        .contains("/enrol#"));
     let v = parse(&s.cli(&["--json", "user", "add", "bob"]).await);
     assert_eq!(v["role"], "member");
     let dup = s.cli(&["--json", "user", "add", "bob"]).await;
@@ -71,17 +111,50 @@ async fn json_commands_for_scripts() {
     assert!(!bad.status.success());
 
     let users = parse(&s.cli(&["--json", "user", "list"]).await);
-    let names: Vec<&str> = users.as_array().expect("array").iter().filter_map(|u| u["name"].as_str()).collect();
-    assert!(names.contains(&"olga") && names.contains(&"bob") && names.contains(&"admin"), "{names:?}");
+    let names: Vec<&str> = users
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|u| u["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"olga") && names.contains(&"bob") && names.contains(&"admin"),
+        "{names:?}"
+    );
 
-    let m = parse(&s.cli(&["--json", "meeting", "create", "--title", "Board", "--level", "restricted", "--invite", "bob", "--host", "olga", "--lobby"]).await);
+    let m = parse(
+        &s.cli(&[
+            "--json",
+            "meeting",
+            "create",
+            "--title",
+            "Board",
+            "--level",
+            "restricted",
+            "--invite",
+            "bob",
+            "--host",
+            "olga",
+            "--lobby",
+        ])
+        .await,
+    );
     let id = m["id"].as_str().expect("id").to_string();
     assert_eq!(id.len(), 22, "128-bit url-safe id");
     assert_eq!(m["url"], format!("{}/m/{id}", s.origin()));
-    let bad_level = s.cli(&["meeting", "create", "--title", "x", "--level", "secret", "--host", "olga"]).await;
+    let bad_level = s
+        .cli(&[
+            "meeting", "create", "--title", "x", "--level", "secret", "--host", "olga",
+        ])
+        .await;
     assert!(!bad_level.status.success());
     let list = parse(&s.cli(&["--json", "meeting", "list"]).await);
-    let row = list.as_array().expect("array").iter().find(|r| r["id"] == id.as_str()).expect("listed");
+    let row = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|r| r["id"] == id.as_str())
+        .expect("listed");
     assert_eq!(row["level"], "restricted");
     assert_eq!(row["hosts"], json!(["olga"]));
 
@@ -93,7 +166,12 @@ async fn json_commands_for_scripts() {
     let shown = s.cli(&["--json", "audit", "show", "--meeting", &id]).await;
     let kinds: Vec<String> = String::from_utf8_lossy(&shown.stdout)
         .lines()
-        .map(|l| serde_json::from_str::<Value>(l).expect("json line")["kind"].as_str().unwrap_or("").to_string())
+        .map(|l| {
+            serde_json::from_str::<Value>(l).expect("json line")["kind"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
         .collect();
     assert_eq!(kinds, vec!["meeting.created", "meeting.locked"]);
 }

@@ -33,6 +33,7 @@ fn main() {
         UserView,
         UserRef,
         CreateUser,
+        SetDeviceRestricted,
         EnrolmentView,
         EnrolmentLink,
         CreateMeeting,
