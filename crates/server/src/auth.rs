@@ -72,6 +72,13 @@ async fn usable_enrolment(
     if user.disabled {
         return Err(invalid_link());
     }
+    limited(
+        app,
+        "enrol",
+        ip,
+        Limiters::check(&app.limiters.enrol_account, &user.id).map_err(Error::RateLimited),
+    )
+    .await?;
     Ok((e, user))
 }
 
@@ -468,6 +475,13 @@ pub async fn login_passkey_finish(
         return Err(login_failed());
     };
     let subject = format!("device:{}", device.id);
+    limited(
+        &app,
+        "login",
+        ip,
+        Limiters::check(&app.limiters.login_account, &user.id).map_err(Error::RateLimited),
+    )
+    .await?;
     if user_uuid(&user.id)? != uuid {
         login_refused(
             &app,
@@ -601,6 +615,13 @@ pub async fn login_software_finish(
         login_refused(&app, ip, &subject, "unknown device").await?;
         return Err(login_failed());
     };
+    limited(
+        &app,
+        "login",
+        ip,
+        Limiters::check(&app.limiters.login_account, &user.id).map_err(Error::RateLimited),
+    )
+    .await?;
     let key = device
         .public_key
         .as_deref()

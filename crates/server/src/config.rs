@@ -58,6 +58,11 @@ pub struct RateLimits {
     pub enrol_per_ip: u32,
     pub join_per_ip: u32,
     pub join_per_account: u32,
+    pub login_per_account: u32,
+    pub enrol_per_account: u32,
+    /// Not-found join refusals from one address within 10 minutes that are recorded as a
+    /// suspected scan (again at 10x and 100x this count).
+    pub scan_threshold: u32,
 }
 
 impl Default for RateLimits {
@@ -67,6 +72,9 @@ impl Default for RateLimits {
             enrol_per_ip: 20,
             join_per_ip: 60,
             join_per_account: 30,
+            login_per_account: 20,
+            enrol_per_account: 20,
+            scan_threshold: 10,
         }
     }
 }
@@ -123,7 +131,7 @@ pub struct EnrolmentLimits {
 impl Default for EnrolmentLimits {
     fn default() -> Self {
         EnrolmentLimits {
-            expiry_secs: 24 * 3600,
+            expiry_secs: 4 * 3600,
             admin_expiry_secs: 3600,
             first_admin_expiry_secs: 30 * 60,
         }

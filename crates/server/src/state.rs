@@ -107,6 +107,11 @@ pub struct Limiters {
     pub enrol_ip: DefaultKeyedRateLimiter<IpAddr>,
     pub join_ip: DefaultKeyedRateLimiter<IpAddr>,
     pub join_account: DefaultKeyedRateLimiter<String>,
+    pub login_account: DefaultKeyedRateLimiter<String>,
+    pub enrol_account: DefaultKeyedRateLimiter<String>,
+    scan_threshold: u32,
+    /// Not-found refusals per source address: (window start, count).
+    probes: Mutex<HashMap<IpAddr, (Instant, u32)>>,
     /// Last time a rate-limit hit was audited per key: hits are aggregated per minute.
     audited: Mutex<HashMap<String, (Instant, u64)>>,
 }
@@ -123,6 +128,10 @@ impl Limiters {
             enrol_ip: RateLimiter::keyed(quota(c.enrol_per_ip)),
             join_ip: RateLimiter::keyed(quota(c.join_per_ip)),
             join_account: RateLimiter::keyed(quota(c.join_per_account)),
+            login_account: RateLimiter::keyed(quota(c.login_per_account)),
+            enrol_account: RateLimiter::keyed(quota(c.enrol_per_account)),
+            scan_threshold: c.scan_threshold.max(1),
+            probes: Mutex::new(HashMap::new()),
             audited: Mutex::new(HashMap::new()),
         }
     }
@@ -138,6 +147,26 @@ impl Limiters {
                 .as_secs()
                 .max(1)
         })
+    }
+
+    /// Count a not-found refusal from `ip`; returns the count when it reaches the scan
+    /// threshold (or 10x, 100x it) within a 10-minute window, so it is audited as a scan.
+    pub fn count_probe(&self, ip: IpAddr) -> Option<u32> {
+        let mut g = self.probes.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let window = Duration::from_secs(600);
+        if g.len() > 10_000 {
+            g.retain(|_, (t, _)| now.duration_since(*t) < window);
+        }
+        let e = g.entry(ip).or_insert((now, 0));
+        if now.duration_since(e.0) >= window {
+            *e = (now, 0);
+        }
+        e.1 += 1;
+        let t = self.scan_threshold;
+        [t, t.saturating_mul(10), t.saturating_mul(100)]
+            .contains(&e.1)
+            .then_some(e.1)
     }
 
     /// Whether this rate-limit hit should be written to the audit log now (the first per key

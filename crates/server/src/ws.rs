@@ -444,7 +444,8 @@ impl Socket {
             } else {
                 format!("meeting:{meeting_id}")
             };
-            app.audit_alone(app.entry(
+            let mut tx = app.store.begin().await?;
+            tx.audit(app.entry(
                 "join.refused",
                 &actor,
                 &subject,
@@ -452,6 +453,19 @@ impl Socket {
                 json!({"reason": reason.as_str(), "network": zone.label()}),
             ))
             .await?;
+            if reason == RefusalReason::NotFound {
+                if let Some(count) = app.limiters.count_probe(self.ip.0) {
+                    tx.audit(app.entry(
+                        "scan.suspected",
+                        &actor,
+                        "meetings",
+                        &src,
+                        json!({"not_found_refusals": count, "window_secs": 600}),
+                    ))
+                    .await?;
+                }
+            }
+            tx.commit().await?;
             send(ws, &refused(reason)).await.ok();
             return Ok(Flow::Continue);
         };
