@@ -48,6 +48,30 @@ pub struct ServeArgs {
     /// Name of the first admin created on an empty database. [default: admin]
     #[arg(long, env = "SEALROOM_FIRST_ADMIN")]
     pub first_admin: Option<String>,
+    /// Address ranges (CIDR, comma-separated) from which `internal` meetings may be joined.
+    #[arg(long, env = "SEALROOM_INTERNAL_NETWORKS", value_delimiter = ',')]
+    pub internal_networks: Option<Vec<ipnet::IpNet>>,
+    /// Address ranges (CIDR, comma-separated) from which `restricted` meetings may be joined.
+    #[arg(long, env = "SEALROOM_RESTRICTED_NETWORKS", value_delimiter = ',')]
+    pub restricted_networks: Option<Vec<ipnet::IpNet>>,
+    /// Address ranges never allowed at any level (deny wins over allow).
+    #[arg(long, env = "SEALROOM_DENY_NETWORKS", value_delimiter = ',')]
+    pub deny_networks: Option<Vec<ipnet::IpNet>>,
+    /// Reverse proxies whose X-Forwarded-For is believed (CIDR, comma-separated).
+    #[arg(long, env = "SEALROOM_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Option<Vec<ipnet::IpNet>>,
+    /// Login attempts per minute per source address. [default: 30]
+    #[arg(long, env = "SEALROOM_LOGIN_PER_IP")]
+    pub login_per_ip: Option<u32>,
+    /// Enrolment attempts per minute per source address. [default: 20]
+    #[arg(long, env = "SEALROOM_ENROL_PER_IP")]
+    pub enrol_per_ip: Option<u32>,
+    /// Join attempts per minute per source address. [default: 60]
+    #[arg(long, env = "SEALROOM_JOIN_PER_IP")]
+    pub join_per_ip: Option<u32>,
+    /// Join attempts per minute per account. [default: 30]
+    #[arg(long, env = "SEALROOM_JOIN_PER_ACCOUNT")]
+    pub join_per_account: Option<u32>,
 }
 
 /// Rate limits: attempts per minute (with an equal burst) per source address and per account.
@@ -229,8 +253,31 @@ impl Config {
                 bail!("public URL {u} must be scheme://host[:port] with no path");
             }
         }
-        let levels = file.levels.clone().unwrap_or_default();
+        let mut levels = file.levels.clone().unwrap_or_default();
+        if let Some(n) = &flags.internal_networks {
+            levels.internal.networks = n.clone();
+        }
+        if let Some(n) = &flags.restricted_networks {
+            levels.restricted.networks = n.clone();
+        }
         let mut networks = file.networks.clone();
+        if let Some(n) = &flags.deny_networks {
+            networks.deny = n.clone();
+        }
+        if let Some(n) = &flags.trusted_proxies {
+            networks.trusted_proxies = n.clone();
+        }
+        let mut rate_limits = file.rate_limits.clone();
+        for (flag, field) in [
+            (flags.login_per_ip, &mut rate_limits.login_per_ip),
+            (flags.enrol_per_ip, &mut rate_limits.enrol_per_ip),
+            (flags.join_per_ip, &mut rate_limits.join_per_ip),
+            (flags.join_per_account, &mut rate_limits.join_per_account),
+        ] {
+            if let Some(v) = flag {
+                *field = v;
+            }
+        }
         let mut known: Vec<ipnet::IpNet> = levels
             .open
             .networks
@@ -252,7 +299,7 @@ impl Config {
                 .clone()
                 .or(file.first_admin.clone())
                 .unwrap_or_else(|| "admin".into()),
-            rate_limits: file.rate_limits.clone(),
+            rate_limits,
             levels,
             networks,
             session: file.session.clone(),
@@ -352,6 +399,22 @@ force_lobby = true
         assert!(!c.levels.open.allow_software_devices);
         assert_eq!(c.networks.known_ranges.len(), 1);
         assert_eq!(c.networks.deny.len(), 1);
+
+        let flags = ServeArgs {
+            internal_networks: Some(vec!["198.18.5.0/24".parse().expect("net")]),
+            join_per_ip: Some(7),
+            ..ServeArgs::default()
+        };
+        let c = Config::resolve(&data(d.path(), Some(toml)), &flags).expect("resolve");
+        assert_eq!(c.rate_limits.join_per_ip, 7);
+        assert_eq!(
+            c.levels.internal.networks,
+            vec!["198.18.5.0/24".parse::<ipnet::IpNet>().expect("net")]
+        );
+        assert!(c
+            .networks
+            .known_ranges
+            .contains(&"198.18.5.0/24".parse().expect("net")));
     }
 
     #[test]
