@@ -128,6 +128,6 @@ export type SocketState = "unauthenticated" | "authenticated" | "lobby" | "admit
 
 export type MeetingInfo = { id: string, title: string, level: Level, locked: boolean, lobby: boolean, capacity: number, };
 
-export type ServerMsg = { "type": "hello", state: SocketState, } | { "type": "refused", reason: RefusalReason, message: string, } | { "type": "lobby" } | { "type": "admitted", meeting: MeetingInfo, you: string, host: boolean, participants: Array<Participant>, } | { "type": "participants", participants: Array<Participant>, } | { "type": "lobby_update", waiting: Array<LobbyEntry>, } | { "type": "meeting_update", meeting: MeetingInfo, } | { "type": "left" } | { "type": "error", code: string, message: string, } | { "type": "pong" };
+export type ServerMsg = { "type": "hello", state: SocketState, } | { "type": "refused", reason: RefusalReason, message: string, } | { "type": "lobby" } | { "type": "admitted", meeting: MeetingInfo, you: string, host: boolean, participants: Array<Participant>, } | { "type": "participants", participants: Array<Participant>, } | { "type": "lobby_update", waiting: Array<LobbyEntry>, } | { "type": "meeting_update", meeting: MeetingInfo, } | { "type": "left" } | { "type": "device_added", user_name: string, device_name: string, device_kind: DeviceKind, } | { "type": "error", code: string, message: string, } | { "type": "pong" };
 
 export const MAX_WS_MESSAGE = 16384;

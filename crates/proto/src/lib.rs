@@ -507,6 +507,13 @@ pub enum ServerMsg {
     },
     /// Left the meeting at the client's request.
     Left,
+    /// A new device was enrolled for this user (sent to their other devices) or for anyone
+    /// (sent to admins).
+    DeviceAdded {
+        user_name: String,
+        device_name: String,
+        device_kind: DeviceKind,
+    },
     /// A message was malformed, too large or not allowed in this state. Nothing changed.
     Error {
         code: String,

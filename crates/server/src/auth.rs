@@ -327,7 +327,21 @@ pub async fn enrol_passkey_finish(
     ))
     .await?;
     tx.commit().await?;
+    announce_device(&app, &user, &device);
     Ok(logged_in(&app, &token, me_of(&user, &device)))
+}
+
+/// A new device notifies the user's other devices and the admins (DESIGN.md section 7).
+fn announce_device(app: &AppRef, user: &UserRow, device: &DeviceRow) {
+    app.hub.device_added(
+        &user.id,
+        &device.id,
+        ServerMsg::DeviceAdded {
+            user_name: user.name.clone(),
+            device_name: device.name.clone(),
+            device_kind: device.kind(),
+        },
+    );
 }
 
 pub async fn enrol_software(
@@ -399,6 +413,7 @@ pub async fn enrol_software(
     ))
     .await?;
     tx.commit().await?;
+    announce_device(&app, &user, &device);
     Ok(Json(EnrolSoftwareDone {
         device_id: device.id,
         user_name: user.name,

@@ -31,6 +31,8 @@ pub struct SocketHandle {
     pub user_id: String,
     pub device_id: String,
     pub session_hash: String,
+    /// The user is an admin (told about every new device).
+    pub admin: bool,
     pub tx: UnboundedSender<Notice>,
 }
 
@@ -269,6 +271,19 @@ impl Hub {
         for h in g.sockets.values().filter(|h| pred(h)) {
             let _ = h.tx.send(Notice::Close(reason));
             n += 1;
+        }
+        n
+    }
+
+    /// Tell the user's other devices and every admin that a device was enrolled.
+    pub fn device_added(&self, user_id: &str, device_id: &str, msg: ServerMsg) -> usize {
+        let g = self.lock();
+        let mut n = 0;
+        for h in g.sockets.values() {
+            if (h.user_id == user_id && h.device_id != device_id) || h.admin {
+                let _ = h.tx.send(Notice::Send(msg.clone()));
+                n += 1;
+            }
         }
         n
     }

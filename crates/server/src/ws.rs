@@ -67,6 +67,7 @@ impl Socket {
                     user_id: a.user.id.clone(),
                     device_id: a.device.id.clone(),
                     session_hash: a.session_hash.clone(),
+                    admin: a.user.role() == Role::Admin,
                     tx,
                 });
                 (Some(id), Some(rx))

@@ -356,3 +356,59 @@ async fn disabling_a_user_ends_their_sockets() {
     assert!(b.closed_within(Duration::from_secs(1)).await);
     assert_eq!(bob.get("/api/me").await.status(), 401);
 }
+
+#[tokio::test]
+async fn a_new_device_is_announced_to_the_users_other_devices_and_to_admins() {
+    let s = server().await;
+    let admin = s.passkey_user("root", Role::Admin).await;
+    let bob = s.member("bob").await;
+    let eve = s.member("eve").await;
+    let mut a = admin.ws().await;
+    let mut b = bob.ws().await;
+    let mut e = eve.ws().await;
+    let users: Vec<UserView> = admin
+        .get("/api/admin/users")
+        .await
+        .json()
+        .await
+        .expect("users");
+    let bob_id = users
+        .iter()
+        .find(|u| u.name == "bob")
+        .expect("bob")
+        .id
+        .clone();
+    let link: EnrolmentLink = admin
+        .post(
+            &format!("/api/admin/users/{bob_id}/enrolments"),
+            serde_json::json!({}),
+        )
+        .await
+        .json()
+        .await
+        .expect("link");
+    let token = link.url.split_once('#').expect("fragment").1.to_string();
+    let mut second = s.anonymous();
+    assert_eq!(second.enrol_software(&token, "bob-second").await, 200);
+    for ws in [&mut a, &mut b] {
+        let m = ws
+            .expect("device notice", |m| {
+                matches!(m, ServerMsg::DeviceAdded { .. })
+            })
+            .await;
+        let ServerMsg::DeviceAdded {
+            user_name,
+            device_name,
+            device_kind,
+        } = m
+        else {
+            unreachable!()
+        };
+        assert_eq!(
+            (user_name.as_str(), device_name.as_str(), device_kind),
+            ("bob", "bob-second", DeviceKind::Software)
+        );
+    }
+    // Other users hear nothing.
+    assert!(e.try_next(Duration::from_millis(300)).await.is_none());
+}

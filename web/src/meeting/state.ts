@@ -29,7 +29,9 @@ export type Effect =
   /** Ask the server to join (after `hello`). */
   | { kind: 'send_join' }
   /** Show a protocol error in the status region; nothing else changed. */
-  | { kind: 'show_error'; code: string; message: string };
+  | { kind: 'show_error'; code: string; message: string }
+  /** Show a security notice (a new device was enrolled). */
+  | { kind: 'show_notice'; message: string };
 
 export interface Step {
   view: MeetingView;
@@ -96,6 +98,13 @@ export function handleServerMsg(v: MeetingView, msg: ServerMsg): Step {
       return { view: v, effects: [{ kind: 'show_error', code: msg.code, message: msg.message }] };
     case 'pong':
       return { view: v, effects: [] };
+    case 'device_added': {
+      const kind = msg.device_kind === 'software' ? 'software device' : 'passkey';
+      return {
+        view: v,
+        effects: [{ kind: 'show_notice', message: `New device enrolled for ${msg.user_name}: “${msg.device_name}” (${kind}). If this was not expected, revoke it now.` }],
+      };
+    }
     default: {
       // A message type this client does not know (a newer server): ignore it.
       const _exhaustive: never = msg;

@@ -9,7 +9,7 @@ import { kindLabel, levelDescription, levelLabel } from '../format';
 import type { ClientMsg, DeviceKind, LobbyEntry, Participant } from '../proto';
 import { SignalingSocket } from '../meeting/socket';
 import { handleClose, handleRetry, handleServerMsg, initialView, type MeetingView, type Phase } from '../meeting/state';
-import { showError } from '../status';
+import { showError, showInfo } from '../status';
 
 const PHASE_TEXT: Record<Phase, string> = {
   connecting: 'Connecting and asking to join…',
@@ -50,6 +50,7 @@ export function meetingPage(ctx: PageContext): void {
       for (const effect of step.effects) {
         if (effect.kind === 'send_join') send({ type: 'join', meeting_id: meetingId });
         else if (effect.kind === 'show_error') showError(`${effect.message} (${effect.code})`);
+        else if (effect.kind === 'show_notice') showInfo(effect.message);
       }
       draw();
     },
