@@ -42,6 +42,37 @@ enum Cmd {
     /// Check the audit log.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Native client: enrol a software device, join meetings (bots, load tests).
+    #[command(subcommand)]
+    Client(ClientCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum ClientCmd {
+    /// Enrol a software device from a member's enrolment link; writes the identity file (0600).
+    Enrol {
+        link: String,
+        /// Device name shown to others (as "software device").
+        #[arg(long, default_value = "native client")]
+        name: String,
+        #[arg(long, default_value = "sealroom-identity.json")]
+        identity: std::path::PathBuf,
+        /// CA certificate to trust (https servers with a self-signed CA).
+        #[arg(long)]
+        ca: Option<std::path::PathBuf>,
+    },
+    /// Log in and join a meeting (URL or id); prints what the server says. Exit status 0 when
+    /// admitted, 2 when refused.
+    Join {
+        meeting: String,
+        #[arg(long, default_value = "sealroom-identity.json")]
+        identity: std::path::PathBuf,
+        #[arg(long)]
+        ca: Option<std::path::PathBuf>,
+        /// Stay this many seconds after the join decision, printing events (0: leave at once).
+        #[arg(long, default_value_t = 0)]
+        stay: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -178,6 +209,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Cmd::Serve(flags) = &cli.cmd {
         return serve(Config::resolve(&cli.data, flags)?).await;
     }
+    if let Cmd::Client(cmd) = cli.cmd {
+        return client(cmd, json_out).await;
+    }
     let cfg = Config::resolve(&cli.data, &ServeArgs::default())?;
     let (keys, store) = open_data(&cfg.data_dir).await?;
     let actor = format!(
@@ -187,7 +221,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .unwrap_or(0)
     );
     match cli.cmd {
-        Cmd::Serve(_) => unreachable!("handled above"),
+        Cmd::Serve(_) | Cmd::Client(_) => unreachable!("handled above"),
         Cmd::User(UserCmd::Add {
             name,
             role,
@@ -497,6 +531,118 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn client(cmd: ClientCmd, json_out: bool) -> anyhow::Result<ExitCode> {
+    use sealroom_client::{parse_enrolment_link, parse_meeting, Client, Identity, JoinOutcome};
+    let read_ca = |ca: &Option<std::path::PathBuf>| -> anyhow::Result<Option<Vec<u8>>> {
+        Ok(match ca {
+            Some(p) => Some(std::fs::read(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?),
+            None => None,
+        })
+    };
+    match cmd {
+        ClientCmd::Enrol {
+            link,
+            name,
+            identity,
+            ca,
+        } => {
+            let (origin, token) = parse_enrolment_link(&link)?;
+            let c = Client::new(&origin, read_ca(&ca)?.as_deref())?;
+            let id = c.enrol_software(&token, &name).await?;
+            id.save(&identity)?;
+            if json_out {
+                println!(
+                    "{}",
+                    json!({"user": id.user_name, "device_id": id.device_id, "identity": identity})
+                );
+            } else {
+                println!(
+                    "Enrolled software device {} for {}; identity in {} (keep it private).",
+                    id.device_id,
+                    id.user_name,
+                    identity.display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ClientCmd::Join {
+            meeting,
+            identity,
+            ca,
+            stay,
+        } => {
+            let id = Identity::load(&identity)?;
+            let (origin, meeting_id) = parse_meeting(&meeting);
+            if let Some(o) = &origin {
+                if *o != id.origin {
+                    anyhow::bail!(
+                        "the meeting is on {o} but this identity is enrolled at {}",
+                        id.origin
+                    );
+                }
+            }
+            let c = Client::new(&id.origin, read_ca(&ca)?.as_deref())?;
+            let session = c.login(&id).await?;
+            let mut sig = session.signaling().await?;
+            let outcome = sig.join(&meeting_id).await?;
+            let code = match &outcome {
+                JoinOutcome::Admitted {
+                    meeting,
+                    participants,
+                    ..
+                } => {
+                    if json_out {
+                        println!(
+                            "{}",
+                            json!({"outcome": "admitted", "title": meeting.title, "level": meeting.level, "participants": participants})
+                        );
+                    } else {
+                        println!(
+                            "admitted to \"{}\" ({:?}); {} participant(s)",
+                            meeting.title,
+                            meeting.level,
+                            participants.len()
+                        );
+                    }
+                    ExitCode::SUCCESS
+                }
+                JoinOutcome::Lobby => {
+                    println!(
+                        "{}",
+                        if json_out {
+                            json!({"outcome": "lobby"}).to_string()
+                        } else {
+                            "waiting in the lobby".into()
+                        }
+                    );
+                    ExitCode::SUCCESS
+                }
+                JoinOutcome::Refused(reason, message) => {
+                    println!(
+                        "{}",
+                        if json_out {
+                            json!({"outcome": "refused", "reason": reason, "message": message})
+                                .to_string()
+                        } else {
+                            format!("refused: {message} ({})", reason.as_str())
+                        }
+                    );
+                    ExitCode::from(2)
+                }
+            };
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(stay);
+            while tokio::time::Instant::now() < deadline {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match sig.next(left).await? {
+                    Some(m) => println!("{}", serde_json::to_string(&m)?),
+                    None => break,
+                }
+            }
+            Ok(code)
+        }
+    }
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<ExitCode> {

@@ -312,11 +312,9 @@ async fn responses_carry_security_headers_and_the_cookie_is_locked_down() {
         .await;
     let ch: SoftwareChallenge = r.json().await.expect("json");
     use ed25519_dalek::Signer;
-    let sig = c.key.as_ref().expect("key").sign(&software_login_message(
-        s.origin(),
-        &ch.nonce,
-        &c.device_id,
-    ));
+    let sig = c
+        .key()
+        .sign(&software_login_message(s.origin(), &ch.nonce, &c.device_id));
     use base64::Engine;
     let body = json!({"flow_id": ch.flow_id, "device_id": c.device_id, "signature": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig.to_bytes())});
     let r = c.post("/api/login/software/finish", body.clone()).await;
@@ -368,7 +366,7 @@ async fn forged_software_logins_are_refused() {
         .json()
         .await
         .expect("json");
-    let sig = bob.key.as_ref().expect("key").sign(&software_login_message(
+    let sig = bob.key().sign(&software_login_message(
         "https://evil.example",
         &ch.nonce,
         &bob.device_id,
@@ -546,12 +544,7 @@ async fn malformed_oversized_and_out_of_order_messages_get_clear_errors_and_chan
     );
     b.send_raw(&big).await;
     assert!(expect_error("too_large")(&b.next().await));
-    b.stream
-        .send(tokio_tungstenite::tungstenite::Message::Binary(
-            vec![1u8, 2, 3].into(),
-        ))
-        .await
-        .expect("send");
+    b.sig.send_binary(vec![1u8, 2, 3]).await.expect("send");
     assert!(expect_error("text_only")(&b.next().await));
 
     // In the lobby: joining again or host actions are refused; nothing reaches the host.
@@ -590,10 +583,7 @@ async fn malformed_oversized_and_out_of_order_messages_get_clear_errors_and_chan
 
     // A message over the frame limit ends that socket only.
     let huge = "x".repeat(70 * 1024);
-    let _ = b
-        .stream
-        .send(tokio_tungstenite::tungstenite::Message::Text(huge.into()))
-        .await;
+    let _ = b.sig.send_text(&huge).await;
     assert!(b.closed_within(Duration::from_secs(2)).await);
     h.expect(
         "lobby empty",
@@ -612,8 +602,6 @@ async fn malformed_oversized_and_out_of_order_messages_get_clear_errors_and_chan
     anon.send(&ClientMsg::Leave).await;
     assert!(expect_error("not_allowed")(&anon.next().await));
 }
-
-use futures_util::SinkExt;
 
 async fn verify_cli(dir: &std::path::Path) -> (bool, serde_json::Value) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sealroom"))

@@ -175,3 +175,54 @@ async fn json_commands_for_scripts() {
         .collect();
     assert_eq!(kinds, vec!["meeting.created", "meeting.locked"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_client_enrols_and_joins_through_the_admission_path() {
+    let s = server().await;
+    s.passkey_user("hana", Role::Organiser).await;
+    let v = parse(&s.cli(&["--json", "user", "add", "bot"]).await);
+    let link = v["enrolment_url"].as_str().expect("url").to_string();
+    let id_file = s.dir.path().join("bot.json");
+    let id_path = id_file.to_str().expect("utf8");
+    let enrolled = parse(
+        &s.cli(&[
+            "--json",
+            "client",
+            "enrol",
+            &link,
+            "--name",
+            "load-bot-1",
+            "--identity",
+            id_path,
+        ])
+        .await,
+    );
+    assert_eq!(enrolled["user"], "bot");
+    let invited = s
+        .meeting("hana", meeting_req(Level::Open, &["bot"], &[], false))
+        .await;
+    let other = s
+        .meeting("hana", meeting_req(Level::Open, &[], &[], false))
+        .await;
+
+    let url = format!("{}/m/{invited}", s.origin());
+    let joined = parse(
+        &s.cli(&["--json", "client", "join", &url, "--identity", id_path])
+            .await,
+    );
+    assert_eq!(joined["outcome"], "admitted");
+    assert_eq!(joined["participants"][0]["device_kind"], "software");
+    assert_eq!(joined["participants"][0]["device_name"], "load-bot-1");
+
+    let refused = s
+        .cli(&["--json", "client", "join", &other, "--identity", id_path])
+        .await;
+    assert_eq!(refused.status.code(), Some(2));
+    let v: Value = serde_json::from_slice(&refused.stdout).expect("json");
+    assert_eq!(v["reason"], "not_found");
+    // The link was spent by the first enrolment.
+    let again = s
+        .cli(&["client", "enrol", &link, "--identity", id_path])
+        .await;
+    assert!(!again.status.success());
+}

@@ -2,17 +2,11 @@
 //! it over loopback: HTTP with explicit cookies and Origin, WebSocket, software devices.
 #![allow(dead_code)]
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-use ed25519_dalek::{Signer, SigningKey};
-use futures_util::{SinkExt, StreamExt};
 use sealroom_proto::*;
 use sealroom_server::config::Config;
 use sealroom_server::server::{start, Running};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::time::Duration;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Message;
 
 pub struct TestServer {
     pub running: Running,
@@ -25,6 +19,7 @@ pub async fn server_with(edit: impl FnOnce(&mut Config)) -> TestServer {
     let mut cfg = Config::test_config(dir.path().to_path_buf());
     edit(&mut cfg);
     let running = start(cfg).await.expect("server starts");
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -36,19 +31,23 @@ pub async fn server() -> TestServer {
     server_with(|_| {}).await
 }
 
-/// A logged-in (or not) client.
+/// A logged-in (or not) client: the native client crate plus raw HTTP for probing.
 #[derive(Clone)]
 pub struct Client {
     pub origin: String,
     pub cookie: Option<String>,
     pub http: reqwest::Client,
     pub device_id: String,
-    pub key: Option<SigningKey>,
+    pub identity: Option<sealroom_client::Identity>,
 }
 
 impl TestServer {
     pub fn origin(&self) -> &str {
         &self.running.origin
+    }
+
+    pub fn native(&self) -> sealroom_client::Client {
+        sealroom_client::Client::new(self.origin(), None).expect("client")
     }
 
     pub fn anonymous(&self) -> Client {
@@ -57,7 +56,7 @@ impl TestServer {
             cookie: None,
             http: self.http.clone(),
             device_id: String::new(),
-            key: None,
+            identity: None,
         }
     }
 
@@ -85,7 +84,7 @@ impl TestServer {
     pub async fn member(&self, name: &str) -> Client {
         let token = self.user(name, Role::Member).await;
         let mut c = self.anonymous();
-        c.enrol_software(&token, &format!("{name}-bot")).await;
+        assert_eq!(c.enrol_software(&token, &format!("{name}-bot")).await, 200);
         c.login_software().await.expect("login");
         c
     }
@@ -121,6 +120,18 @@ impl Client {
         format!("{}{}", self.origin, path)
     }
 
+    fn native(&self) -> sealroom_client::Client {
+        sealroom_client::Client::new(&self.origin, None).expect("client")
+    }
+
+    pub fn key(&self) -> ed25519_dalek::SigningKey {
+        self.identity
+            .as_ref()
+            .expect("enrolled")
+            .key()
+            .expect("key")
+    }
+
     pub async fn post(&self, path: &str, body: Value) -> reqwest::Response {
         let mut r = self
             .http
@@ -141,84 +152,45 @@ impl Client {
         r.send().await.expect("request")
     }
 
-    fn take_cookie(&mut self, r: &reqwest::Response) {
-        for v in r.headers().get_all("set-cookie") {
-            let v = v.to_str().expect("ascii");
-            if let Some(rest) = v.strip_prefix("__Host-sealroom=") {
-                let val = rest.split(';').next().unwrap_or("");
-                self.cookie = (!val.is_empty()).then(|| val.to_string());
+    /// Enrol a software device through the native client; the HTTP status it got.
+    pub async fn enrol_software(&mut self, token: &str, name: &str) -> u16 {
+        match self.native().enrol_software(token, name).await {
+            Ok(id) => {
+                self.device_id = id.device_id.clone();
+                self.identity = Some(id);
+                200
             }
+            Err(sealroom_client::Error::Api { status, .. }) => status,
+            Err(e) => panic!("enrolment failed oddly: {e}"),
         }
     }
 
-    pub async fn enrol_software(&mut self, token: &str, name: &str) -> reqwest::StatusCode {
-        let key = SigningKey::from_bytes(&rand_bytes());
-        let r = self
-            .post(
-                "/api/enrol/software",
-                json!({"token": token, "device_name": name, "public_key": URL_SAFE_NO_PAD.encode(key.verifying_key().to_bytes())}),
-            )
-            .await;
-        let status = r.status();
-        if status.is_success() {
-            let done: EnrolSoftwareDone = r.json().await.expect("json");
-            self.device_id = done.device_id;
-            self.key = Some(key);
-        }
-        status
-    }
-
-    /// Log in with the software key; returns the error body on failure.
-    pub async fn login_software(&mut self) -> Result<Me, (reqwest::StatusCode, Value)> {
-        let r = self
-            .post(
-                "/api/login/software/start",
-                json!({"device_id": self.device_id}),
-            )
-            .await;
-        if !r.status().is_success() {
-            return Err((r.status(), r.json().await.unwrap_or_default()));
-        }
-        let ch: SoftwareChallenge = r.json().await.expect("json");
-        let sig = self
-            .key
-            .as_ref()
-            .expect("enrolled")
-            .sign(&software_login_message(
-                &self.origin,
-                &ch.nonce,
-                &self.device_id,
-            ));
-        let body = json!({"flow_id": ch.flow_id, "device_id": self.device_id, "signature": URL_SAFE_NO_PAD.encode(sig.to_bytes())});
-        let r = self.post("/api/login/software/finish", body).await;
-        let status = r.status();
-        if !status.is_success() {
-            return Err((status, r.json().await.unwrap_or_default()));
-        }
-        self.take_cookie(&r);
-        Ok(r.json().await.expect("json"))
+    /// Log in with the software key.
+    pub async fn login_software(&mut self) -> Result<Me, sealroom_client::Error> {
+        let session = self
+            .native()
+            .login(self.identity.as_ref().expect("enrolled"))
+            .await?;
+        self.cookie = Some(session.cookie().to_string());
+        Ok(session.me)
     }
 
     pub async fn ws(&self) -> Ws {
-        let ws_url = self.origin.replacen("http", "ws", 1) + "/api/ws";
-        let mut req = ws_url.into_client_request().expect("request");
-        req.headers_mut()
-            .insert("Origin", self.origin.parse().expect("header"));
-        if let Some(c) = &self.cookie {
-            req.headers_mut().insert(
-                "Cookie",
-                format!("__Host-sealroom={c}").parse().expect("header"),
-            );
+        let native = self.native();
+        let sig = match &self.cookie {
+            Some(_) => {
+                // Reuse this client's session cookie.
+                let session = sealroom_client::Session::from_cookie(
+                    native,
+                    self.cookie.clone().expect("cookie"),
+                );
+                session.signaling().await
+            }
+            None => native.signaling_unauthenticated().await,
+        };
+        Ws {
+            sig: sig.expect("ws connects"),
         }
-        let (stream, _) = tokio_tungstenite::connect_async(req)
-            .await
-            .expect("ws connects");
-        let mut ws = Ws { stream };
-        match ws.next().await {
-            ServerMsg::Hello { .. } => {}
-            other => panic!("expected hello, got {other:?}"),
-        }
-        ws
     }
 }
 
@@ -227,25 +199,19 @@ pub fn rand_bytes() -> [u8; 32] {
 }
 
 pub struct Ws {
-    pub stream: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
+    pub sig: sealroom_client::Signaling,
 }
 
 impl Ws {
     pub async fn send(&mut self, m: &ClientMsg) {
-        self.send_raw(&serde_json::to_string(m).expect("json"))
-            .await;
+        self.sig.send(m).await.expect("send");
     }
 
     pub async fn send_raw(&mut self, text: &str) {
-        self.stream
-            .send(Message::Text(text.into()))
-            .await
-            .expect("send");
+        self.sig.send_text(text).await.expect("send");
     }
 
-    /// Next server message (skipping pongs), within 5 s.
+    /// Next server message, within 5 s.
     pub async fn next(&mut self) -> ServerMsg {
         self.try_next(Duration::from_secs(5))
             .await
@@ -254,18 +220,7 @@ impl Ws {
 
     /// Next message, or `None` on timeout or close.
     pub async fn try_next(&mut self, within: Duration) -> Option<ServerMsg> {
-        loop {
-            let m = tokio::time::timeout(within, self.stream.next())
-                .await
-                .ok()??;
-            match m {
-                Ok(Message::Text(t)) => {
-                    return Some(serde_json::from_str(t.as_str()).expect("server message parses"))
-                }
-                Ok(Message::Close(_)) | Err(_) => return None,
-                Ok(_) => continue,
-            }
-        }
+        self.sig.next(within).await.expect("server message parses")
     }
 
     /// Wait for a message matching `pred`, skipping others.
@@ -297,15 +252,7 @@ impl Ws {
 
     /// Whether the server closed the socket within `within`.
     pub async fn closed_within(&mut self, within: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match tokio::time::timeout(left, self.stream.next()).await {
-                Err(_) => return false,
-                Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => return true,
-                Ok(Some(Ok(_))) => continue,
-            }
-        }
+        self.sig.closed_within(within).await
     }
 }
 
@@ -367,7 +314,7 @@ impl TestServer {
             cookie: Some(token),
             http: self.http.clone(),
             device_id: device.id,
-            key: None,
+            identity: None,
         }
     }
 

@@ -1,0 +1,542 @@
+//! The native sealroom client: enrols a software (Ed25519) device from an enrolment link, logs
+//! in by signing the server's challenge, and speaks the signaling WebSocket — the same
+//! admission path a browser takes. Bots, load generators and tests use it; media (str0m)
+//! joins it with the calls issue.
+//!
+//! It never trusts the server with its key: the key file stays on this machine (mode 0600)
+//! and only signatures over domain-separated challenges leave it.
+
+#![forbid(unsafe_code)]
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use ed25519_dalek::{Signer, SigningKey};
+use futures_util::{SinkExt, StreamExt};
+use sealroom_proto::*;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+/// What went wrong, and whose fault it was.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The server answered with an error.
+    #[error("server refused ({status}): {message} [{code}]")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// The network or TLS failed.
+    #[error("transport: {0}")]
+    Transport(String),
+    /// The server sent something that is not a sealroom message.
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// The caller gave a link, URL or file we cannot use.
+    #[error("{0}")]
+    Usage(String),
+    /// Reading or writing the identity file failed.
+    #[error("identity file: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An enrolled software device: which server, which device, and its private key.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Identity {
+    pub origin: String,
+    pub device_id: String,
+    pub user_name: String,
+    /// Ed25519 secret key, base64url.
+    secret: String,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("origin", &self.origin)
+            .field("device_id", &self.device_id)
+            .field("user_name", &self.user_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    /// The device's signing key.
+    pub fn key(&self) -> Result<SigningKey> {
+        let bytes: [u8; 32] = URL_SAFE_NO_PAD
+            .decode(&self.secret)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| Error::Usage("the identity file holds no valid key".into()))?;
+        Ok(SigningKey::from_bytes(&bytes))
+    }
+
+    /// Write to `path`, readable by the owner only.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)?;
+        f.write_all(
+            serde_json::to_string_pretty(self)
+                .map_err(|e| Error::Usage(e.to_string()))?
+                .as_bytes(),
+        )?;
+        Ok(())
+    }
+
+    pub fn load(path: &Path) -> Result<Identity> {
+        let text = std::fs::read_to_string(path)?;
+        serde_json::from_str(&text).map_err(|e| Error::Usage(format!("{}: {e}", path.display())))
+    }
+}
+
+/// Split an enrolment link `https://host/enrol#token` into (origin, token).
+pub fn parse_enrolment_link(link: &str) -> Result<(String, String)> {
+    let url = url::Url::parse(link).map_err(|e| Error::Usage(format!("not a URL: {e}")))?;
+    let token = url
+        .fragment()
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| Error::Usage("the enrolment link has no token after '#'".into()))?;
+    Ok((url.origin().ascii_serialization(), token.to_string()))
+}
+
+/// Split a meeting URL `https://host/m/<id>` into (origin, meeting id); a bare id is returned as is.
+pub fn parse_meeting(arg: &str) -> (Option<String>, String) {
+    match url::Url::parse(arg) {
+        Ok(u) => {
+            let id = u
+                .path()
+                .trim_start_matches("/m/")
+                .trim_matches('/')
+                .to_string();
+            (Some(u.origin().ascii_serialization()), id)
+        }
+        Err(_) => (None, arg.to_string()),
+    }
+}
+
+/// An HTTP client for one sealroom server.
+#[derive(Clone)]
+pub struct Client {
+    origin: String,
+    http: reqwest::Client,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Client {
+    /// A client for `origin` (`http://localhost:port` or `https://host`). For https, `ca_pem`
+    /// is the certificate authority to trust (for example the server's self-signed CA).
+    pub fn new(origin: &str, ca_pem: Option<&[u8]>) -> Result<Client> {
+        let origin = origin.trim_end_matches('/').to_string();
+        // reqwest is built without a default crypto provider; ring is the one we ship.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(30));
+        let mut tls = None;
+        if origin.starts_with("https://") {
+            let pem = ca_pem.ok_or_else(|| {
+                Error::Usage("an https server needs --ca <file> (its CA certificate)".into())
+            })?;
+            let mut roots = rustls::RootCertStore::empty();
+            let certs = pem_certificates(pem)?;
+            for c in &certs {
+                roots
+                    .add(rustls::pki_types::CertificateDer::from(c.clone()))
+                    .map_err(|e| Error::Usage(format!("CA certificate: {e}")))?;
+            }
+            let config = rustls::ClientConfig::builder()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            let config = Arc::new(config);
+            builder = builder.use_preconfigured_tls((*config).clone());
+            tls = Some(config);
+        }
+        Ok(Client {
+            origin,
+            http: builder
+                .build()
+                .map_err(|e| Error::Transport(e.to_string()))?,
+            tls,
+        })
+    }
+
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    async fn post<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+        cookie: Option<&str>,
+    ) -> Result<(T, Option<String>)> {
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.origin))
+            .header("Origin", &self.origin)
+            .json(body);
+        if let Some(c) = cookie {
+            req = req.header("Cookie", format!("__Host-sealroom={c}"));
+        }
+        let res = req
+            .send()
+            .await
+            .map_err(|e| Error::Transport(e.to_string()))?;
+        let status = res.status();
+        let cookie = res
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(|v| v.strip_prefix("__Host-sealroom="))
+            .filter_map(|v| v.split(';').next())
+            .find(|v| !v.is_empty())
+            .map(str::to_string);
+        if !status.is_success() {
+            let err: ApiError = res.json().await.unwrap_or(ApiError {
+                code: "unknown".into(),
+                message: status.to_string(),
+            });
+            return Err(Error::Api {
+                status: status.as_u16(),
+                code: err.code,
+                message: err.message,
+            });
+        }
+        let value = res
+            .json()
+            .await
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+        Ok((value, cookie))
+    }
+
+    /// Enrol a new software device with the token of an enrolment link.
+    pub async fn enrol_software(&self, token: &str, device_name: &str) -> Result<Identity> {
+        let key = SigningKey::from_bytes(&rand::random());
+        let body = EnrolSoftware {
+            token: token.into(),
+            device_name: device_name.into(),
+            public_key: URL_SAFE_NO_PAD.encode(key.verifying_key().to_bytes()),
+        };
+        let (done, _): (EnrolSoftwareDone, _) =
+            self.post("/api/enrol/software", &body, None).await?;
+        Ok(Identity {
+            origin: self.origin.clone(),
+            device_id: done.device_id,
+            user_name: done.user_name,
+            secret: URL_SAFE_NO_PAD.encode(key.to_bytes()),
+        })
+    }
+
+    /// Log in: sign the server's challenge with the device key.
+    pub async fn login(&self, id: &Identity) -> Result<Session> {
+        let (ch, _): (SoftwareChallenge, _) = self
+            .post(
+                "/api/login/software/start",
+                &SoftwareLoginStart {
+                    device_id: id.device_id.clone(),
+                },
+                None,
+            )
+            .await?;
+        let sig = id.key()?.sign(&software_login_message(
+            &self.origin,
+            &ch.nonce,
+            &id.device_id,
+        ));
+        let finish = SoftwareLoginFinish {
+            flow_id: ch.flow_id,
+            device_id: id.device_id.clone(),
+            signature: URL_SAFE_NO_PAD.encode(sig.to_bytes()),
+        };
+        let (me, cookie): (Me, _) = self
+            .post("/api/login/software/finish", &finish, None)
+            .await?;
+        let cookie = cookie
+            .ok_or_else(|| Error::Protocol("login succeeded without a session cookie".into()))?;
+        Ok(Session {
+            client: self.clone(),
+            cookie,
+            me,
+        })
+    }
+}
+
+fn pem_certificates(pem: &[u8]) -> Result<Vec<Vec<u8>>> {
+    let text =
+        std::str::from_utf8(pem).map_err(|_| Error::Usage("CA file is not PEM text".into()))?;
+    let mut out = Vec::new();
+    for block in text.split("-----BEGIN CERTIFICATE-----").skip(1) {
+        let body = block
+            .split("-----END CERTIFICATE-----")
+            .next()
+            .ok_or_else(|| Error::Usage("unterminated PEM certificate".into()))?;
+        let b64: String = body.chars().filter(|c| !c.is_whitespace()).collect();
+        out.push(
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|_| Error::Usage("bad base64 in PEM certificate".into()))?,
+        );
+    }
+    if out.is_empty() {
+        return Err(Error::Usage("no certificate in the CA file".into()));
+    }
+    Ok(out)
+}
+
+/// A logged-in session.
+#[derive(Clone)]
+pub struct Session {
+    client: Client,
+    cookie: String,
+    pub me: Me,
+}
+
+impl Session {
+    /// A session from a cookie obtained elsewhere (`me` is filled in lazily by the caller).
+    pub fn from_cookie(client: Client, cookie: String) -> Session {
+        Session {
+            client,
+            cookie,
+            me: Me {
+                user_id: String::new(),
+                name: String::new(),
+                display_name: String::new(),
+                role: Role::Member,
+                device_id: String::new(),
+                device_name: String::new(),
+                device_kind: DeviceKind::Software,
+            },
+        }
+    }
+
+    /// The session cookie's value (for callers making their own requests).
+    pub fn cookie(&self) -> &str {
+        &self.cookie
+    }
+
+    /// Open the signaling WebSocket; the server's `hello` has been read.
+    pub async fn signaling(&self) -> Result<Signaling> {
+        self.client
+            .connect(Some(&self.cookie), SocketState::Authenticated)
+            .await
+    }
+}
+
+impl Client {
+    /// A signaling socket without a session (it can only be refused; for probing tests).
+    pub async fn signaling_unauthenticated(&self) -> Result<Signaling> {
+        self.connect(None, SocketState::Unauthenticated).await
+    }
+
+    async fn connect(&self, cookie: Option<&str>, expect: SocketState) -> Result<Signaling> {
+        let ws_url = self.origin.replacen("http", "ws", 1) + "/api/ws";
+        let mut req = ws_url
+            .into_client_request()
+            .map_err(|e| Error::Usage(e.to_string()))?;
+        let h = req.headers_mut();
+        h.insert(
+            "Origin",
+            self.origin
+                .parse()
+                .map_err(|_| Error::Usage("origin".into()))?,
+        );
+        if let Some(c) = cookie {
+            h.insert(
+                "Cookie",
+                format!("__Host-sealroom={c}")
+                    .parse()
+                    .map_err(|_| Error::Usage("cookie".into()))?,
+            );
+        }
+        let connector = self.tls.clone().map(tokio_tungstenite::Connector::Rustls);
+        let (stream, _) =
+            tokio_tungstenite::connect_async_tls_with_config(req, None, false, connector)
+                .await
+                .map_err(|e| Error::Transport(e.to_string()))?;
+        let mut s = Signaling { stream };
+        match s.next(Duration::from_secs(10)).await? {
+            Some(ServerMsg::Hello { state }) if state == expect => Ok(s),
+            other => Err(Error::Protocol(format!(
+                "expected hello({expect:?}), got {other:?}"
+            ))),
+        }
+    }
+}
+
+type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The signaling WebSocket.
+pub struct Signaling {
+    stream: WsStream,
+}
+
+/// How a join ended.
+#[derive(Debug, Clone)]
+pub enum JoinOutcome {
+    Admitted {
+        meeting: MeetingInfo,
+        you: String,
+        participants: Vec<Participant>,
+    },
+    Lobby,
+    Refused(RefusalReason, String),
+}
+
+impl Signaling {
+    pub async fn send(&mut self, msg: &ClientMsg) -> Result<()> {
+        let text = serde_json::to_string(msg).map_err(|e| Error::Protocol(e.to_string()))?;
+        self.send_text(&text).await
+    }
+
+    /// Send raw text (for adversarial tests of the server).
+    pub async fn send_text(&mut self, text: &str) -> Result<()> {
+        self.stream
+            .send(Message::Text(text.into()))
+            .await
+            .map_err(|e| Error::Transport(e.to_string()))
+    }
+
+    /// Send a raw binary frame (for adversarial tests of the server).
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) -> Result<()> {
+        self.stream
+            .send(Message::Binary(bytes.into()))
+            .await
+            .map_err(|e| Error::Transport(e.to_string()))
+    }
+
+    /// The next server message (pongs included); `None` when the socket closed or `within`
+    /// passed.
+    pub async fn next(&mut self, within: Duration) -> Result<Option<ServerMsg>> {
+        loop {
+            let Ok(m) = tokio::time::timeout(within, self.stream.next()).await else {
+                return Ok(None);
+            };
+            match m {
+                None | Some(Ok(Message::Close(_))) | Some(Err(_)) => return Ok(None),
+                Some(Ok(Message::Text(t))) => {
+                    return serde_json::from_str(t.as_str())
+                        .map(Some)
+                        .map_err(|e| Error::Protocol(format!("{e}: {t}")))
+                }
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// Whether the server closes the socket within `within` (messages before that are skipped).
+    pub async fn closed_within(&mut self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.stream.next()).await {
+                Err(_) => return false,
+                Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(Message::Close(_)))) => return true,
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+
+    /// Ask to join and wait for the decision.
+    pub async fn join(&mut self, meeting_id: &str) -> Result<JoinOutcome> {
+        self.send(&ClientMsg::Join {
+            meeting_id: meeting_id.into(),
+        })
+        .await?;
+        loop {
+            match self.next(Duration::from_secs(10)).await? {
+                Some(ServerMsg::Admitted {
+                    meeting,
+                    you,
+                    participants,
+                    ..
+                }) => {
+                    return Ok(JoinOutcome::Admitted {
+                        meeting,
+                        you,
+                        participants,
+                    })
+                }
+                Some(ServerMsg::Lobby) => return Ok(JoinOutcome::Lobby),
+                Some(ServerMsg::Refused { reason, message }) => {
+                    return Ok(JoinOutcome::Refused(reason, message))
+                }
+                Some(ServerMsg::Error { code, message }) => {
+                    return Err(Error::Api {
+                        status: 0,
+                        code,
+                        message,
+                    });
+                }
+                Some(_) => continue,
+                None => {
+                    return Err(Error::Transport(
+                        "the socket closed before an answer".into(),
+                    ))
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enrolment_links_and_meeting_urls_parse() {
+        let (o, t) =
+            parse_enrolment_link("https://meet.example:8443/enrol#abc_DEF-1").expect("link");
+        assert_eq!(
+            (o.as_str(), t.as_str()),
+            ("https://meet.example:8443", "abc_DEF-1")
+        );
+        assert!(parse_enrolment_link("https://meet.example/enrol").is_err());
+        assert!(parse_enrolment_link("not a link").is_err());
+        assert_eq!(
+            parse_meeting("http://localhost:8443/m/XYZ"),
+            (Some("http://localhost:8443".into()), "XYZ".into())
+        );
+        assert_eq!(parse_meeting("XYZ"), (None, "XYZ".into()));
+    }
+
+    #[test]
+    fn identity_files_are_private_and_round_trip() {
+        let dir = std::env::temp_dir().join(format!("sealroom-id-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let id = Identity {
+            origin: "http://localhost:1".into(),
+            device_id: "d".into(),
+            user_name: "u".into(),
+            secret: URL_SAFE_NO_PAD.encode([7u8; 32]),
+        };
+        let path = dir.join("id.json");
+        id.save(&path).expect("save");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777,
+            0o600
+        );
+        let back = Identity::load(&path).expect("load");
+        assert_eq!(back.key().expect("key").to_bytes(), [7u8; 32]);
+        assert!(
+            !format!("{back:?}").contains(&back.secret),
+            "Debug leaks the key"
+        );
+        std::fs::remove_dir_all(dir).expect("cleanup");
+    }
+}

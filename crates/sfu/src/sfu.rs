@@ -1,0 +1,1186 @@
+//! The core: participants, demultiplexing, negotiation and forwarding.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use str0m::bwe::{Bitrate, BweKind};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::crypto::CryptoProvider;
+use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid, Rid};
+use str0m::net::{DatagramRecv, Protocol, Receive};
+use str0m::rtp::Extension;
+use str0m::{Candidate, IceConnectionState, IceCreds, Rtc};
+
+use crate::config::{ParticipantConfig, ParticipantId, RoomId, SfuConfig};
+use crate::demux::{self, Kind};
+use crate::error::{SessionError, SfuError};
+use crate::simulcast::{self, LayerMeter};
+
+/// How far ahead the core asks to be woken when it has nothing scheduled.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A datagram from the server's UDP socket.
+#[derive(Debug)]
+pub enum Input<'a> {
+    /// One UDP datagram as received.
+    Receive {
+        /// The remote address it came from.
+        source: SocketAddr,
+        /// The local address it arrived at.
+        destination: SocketAddr,
+        /// Its bytes, untrusted.
+        contents: &'a [u8],
+    },
+}
+
+/// Work for the server, drained with [`Sfu::poll_output`] until it returns `Timeout`.
+#[derive(Debug)]
+pub enum Output {
+    /// Send this datagram.
+    Transmit {
+        /// Local address to send from.
+        source: SocketAddr,
+        /// Remote address to send to.
+        destination: SocketAddr,
+        /// The datagram.
+        contents: Vec<u8>,
+    },
+    /// Something the server must act on or record.
+    Event(Event),
+    /// Call [`Sfu::handle_timeout`] at this instant (or earlier, on input).
+    Timeout(Instant),
+}
+
+/// A published track: the publisher and its media id in the publisher's session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TrackId {
+    /// Who sends it.
+    pub publisher: ParticipantId,
+    /// Its m-line in the publisher's session.
+    pub mid: Mid,
+}
+
+/// Events for the server.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Event {
+    /// Send this SDP offer to the participant; feed its answer to [`Sfu::accept_answer`].
+    Offer {
+        /// Whom to send it to.
+        participant: ParticipantId,
+        /// The offer.
+        sdp: String,
+    },
+    /// ICE connectivity checks succeed for the participant.
+    IceConnected {
+        /// Who.
+        participant: ParticipantId,
+    },
+    /// ICE lost the participant (no consent checks for a while). The transport stays until
+    /// the server removes the participant or ICE recovers.
+    IceDisconnected {
+        /// Who.
+        participant: ParticipantId,
+    },
+    /// DTLS-SRTP is established (the peer's certificate matched its SDP fingerprint).
+    Connected {
+        /// Who.
+        participant: ParticipantId,
+    },
+    /// The participant's media path, first and at every change. Emitted before any datagram
+    /// goes out on the new path: the server re-checks its network rule here and may call
+    /// [`Sfu::remove_participant`], which discards what was queued for the participant.
+    PathSelected {
+        /// Who.
+        participant: ParticipantId,
+        /// Our socket address.
+        local: SocketAddr,
+        /// The participant's address.
+        remote: SocketAddr,
+    },
+    /// A participant started sending a track; the others in its room are offered it.
+    TrackPublished {
+        /// The track.
+        track: TrackId,
+        /// Audio or video (camera and screen share are both video).
+        kind: MediaKind,
+    },
+    /// A track ended (unpublished, or its publisher left).
+    TrackUnpublished {
+        /// The track.
+        track: TrackId,
+    },
+    /// A keyframe request reached a publisher; counters are totals for that publisher.
+    KeyframeRequested {
+        /// The track asked for.
+        track: TrackId,
+        /// The simulcast layer asked for.
+        rid: Option<Rid>,
+        /// Requests forwarded to this publisher so far.
+        forwarded: u64,
+        /// Requests dropped by the throttle for this publisher so far.
+        throttled: u64,
+    },
+    /// The participant's session ended inside the core; it is already torn down and no
+    /// longer in [`Sfu::participants`].
+    SessionEnded {
+        /// Who.
+        participant: ParticipantId,
+        /// Why.
+        reason: SessionError,
+    },
+}
+
+/// Datagram and keyframe counters of the whole SFU.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Counters {
+    /// Every datagram given to [`Sfu::handle_input`].
+    pub datagrams_received: u64,
+    /// Not STUN, DTLS, RTP or RTCP by its first byte (RFC 7983).
+    pub dropped_unclassified: u64,
+    /// From a (source, destination) pair not bound to any participant.
+    pub dropped_unknown_pair: u64,
+    /// A STUN binding request naming no participant's ufrag.
+    pub dropped_unknown_ufrag: u64,
+    /// A STUN binding request from a source the participant's network rule refuses.
+    pub dropped_disallowed_source: u64,
+    /// A STUN binding request the participant's ICE agent does not accept.
+    pub dropped_rejected: u64,
+    /// Bytes str0m's demultiplexer cannot parse (e.g. malformed STUN).
+    pub dropped_malformed: u64,
+    /// Sessions ended by an error.
+    pub session_errors: u64,
+    /// Media writes str0m refused (not connected yet, payload type gone).
+    pub write_errors: u64,
+    /// Keyframe requests from subscribers (and from the SFU on loss or layer switches).
+    pub keyframe_requests_received: u64,
+    /// Keyframe requests passed on to publishers.
+    pub keyframe_requests_forwarded: u64,
+    /// Keyframe requests dropped by the per-stream throttle.
+    pub keyframe_requests_throttled: u64,
+}
+
+/// State of one track a participant receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscriptionState {
+    /// Waiting for the next offer to this participant.
+    Pending,
+    /// Offered, waiting for the answer.
+    Negotiating,
+    /// Negotiated: media is forwarded.
+    Open,
+    /// Being removed from the session.
+    Stopping,
+}
+
+/// One track a participant receives (or is about to).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    /// The source track.
+    pub track: TrackId,
+    /// Audio or video.
+    pub kind: MediaKind,
+    /// Its m-line in the receiver's session, once offered.
+    pub mid: Option<Mid>,
+    /// Negotiation state.
+    pub state: SubscriptionState,
+    /// The simulcast layer forwarded now (None: not simulcast or nothing forwarded yet).
+    pub layer: Option<Rid>,
+    /// Frames forwarded on it.
+    pub frames: u64,
+}
+
+/// A snapshot of one participant, for tests and the server's roster check.
+#[derive(Debug, Clone)]
+pub struct ParticipantInfo {
+    /// Its room.
+    pub room: RoomId,
+    /// DTLS-SRTP established.
+    pub connected: bool,
+    /// (local, remote) of the media path, once selected.
+    pub path: Option<(SocketAddr, SocketAddr)>,
+    /// Tracks it publishes.
+    pub published: Vec<(TrackId, MediaKind)>,
+    /// Tracks it receives.
+    pub subscriptions: Vec<Subscription>,
+    /// Latest egress bandwidth estimate toward it, bit/s.
+    pub estimate_bps: u64,
+    /// Keyframe requests forwarded to it as a publisher.
+    pub keyframe_requests_forwarded: u64,
+    /// Keyframe requests to it dropped by the throttle.
+    pub keyframe_requests_throttled: u64,
+}
+
+#[derive(Debug)]
+struct TrackIn {
+    mid: Mid,
+    kind: MediaKind,
+    meter: LayerMeter,
+    simulcast: bool,
+    last_keyframe_request: HashMap<Option<Rid>, Instant>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OutState {
+    ToOpen,
+    Negotiating(Mid),
+    Open(Mid),
+    ToStop(Mid),
+    NegotiatingStop(Mid),
+}
+
+impl OutState {
+    fn mid(self) -> Option<Mid> {
+        match self {
+            OutState::ToOpen => None,
+            OutState::Negotiating(m)
+            | OutState::Open(m)
+            | OutState::ToStop(m)
+            | OutState::NegotiatingStop(m) => Some(m),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct TrackOut {
+    source: TrackId,
+    kind: MediaKind,
+    state: OutState,
+    /// Layer forwarded now and layer wanted (simulcast only).
+    current: Option<Rid>,
+    target: Option<Rid>,
+    /// Added to the source's RTP time so the output timeline stays continuous across
+    /// layer switches (layers need not share a timestamp base).
+    time_offset: i64,
+    last_out: Option<(u64, Instant)>,
+    frames: u64,
+}
+
+struct Participant {
+    config: ParticipantConfig,
+    rtc: Rtc,
+    ufrag: String,
+    /// The participant's first offer was accepted: the SFU may make offers from now on.
+    negotiated: bool,
+    pending: Option<SdpPendingOffer>,
+    tracks_in: Vec<TrackIn>,
+    tracks_out: Vec<TrackOut>,
+    path: Option<(SocketAddr, SocketAddr)>,
+    connected: bool,
+    timeout: Instant,
+    estimate_bps: u64,
+    kf_forwarded: u64,
+    kf_throttled: u64,
+}
+
+/// Work collected while polling one participant, applied to the others afterwards.
+#[derive(Default)]
+struct Work {
+    published: Vec<TrackId>,
+    unpublished: Vec<TrackId>,
+    media: Vec<(ParticipantId, MediaData)>,
+    keyframes: Vec<KeyframeAsk>,
+    ended: Vec<(ParticipantId, SessionError)>,
+}
+
+impl Work {
+    fn is_empty(&self) -> bool {
+        self.published.is_empty()
+            && self.unpublished.is_empty()
+            && self.media.is_empty()
+            && self.keyframes.is_empty()
+            && self.ended.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct KeyframeAsk {
+    track: TrackId,
+    rid: Option<Rid>,
+    kind: KeyframeRequestKind,
+}
+
+struct Queued {
+    participant: Option<ParticipantId>,
+    output: Output,
+}
+
+/// The sans-IO SFU for one UDP socket (any number of rooms).
+pub struct Sfu {
+    config: SfuConfig,
+    crypto: Arc<CryptoProvider>,
+    participants: BTreeMap<ParticipantId, Participant>,
+    ufrags: HashMap<String, ParticipantId>,
+    /// (remote, local) pairs proven by an authenticated STUN binding.
+    pairs: HashMap<(SocketAddr, SocketAddr), ParticipantId>,
+    queue: VecDeque<Queued>,
+    keyframes_wanted: Vec<KeyframeAsk>,
+    counters: Counters,
+    last_now: Option<Instant>,
+}
+
+impl Sfu {
+    /// A new SFU with no participants.
+    pub fn new(config: SfuConfig) -> Result<Self, SfuError> {
+        if config.host_candidates.is_empty() {
+            return Err(SfuError::InvalidCandidate("no host candidate".into()));
+        }
+        for a in &config.host_candidates {
+            Candidate::host(*a, "udp").map_err(|e| SfuError::InvalidCandidate(e.to_string()))?;
+        }
+        Ok(Sfu {
+            config,
+            crypto: Arc::new(str0m::crypto::from_feature_flags()),
+            participants: BTreeMap::new(),
+            ufrags: HashMap::new(),
+            pairs: HashMap::new(),
+            queue: VecDeque::new(),
+            keyframes_wanted: Vec::new(),
+            counters: Counters::default(),
+            last_now: None,
+        })
+    }
+
+    /// Admits a participant: creates its ICE-lite, DTLS-SRTP session. It sends the first
+    /// offer ([`Sfu::accept_offer`]).
+    pub fn add_participant(
+        &mut self,
+        now: Instant,
+        id: ParticipantId,
+        config: ParticipantConfig,
+    ) -> Result<(), SfuError> {
+        if self.participants.contains_key(&id) {
+            return Err(SfuError::DuplicateParticipant(id));
+        }
+        self.touch(now);
+        let creds = loop {
+            let c = IceCreds::new();
+            if !self.ufrags.contains_key(&c.ufrag) {
+                break c;
+            }
+        };
+        let mut builder = Rtc::builder()
+            .set_ice_lite(true)
+            .set_crypto_provider(self.crypto.clone())
+            .set_local_ice_credentials(creds.clone())
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_vp8(true)
+            .enable_bwe(Some(Bitrate::bps(self.config.initial_bitrate_bps)))
+            // DESIGN §7 "Metadata": mid, rid, repaired-rid, transport-cc, abs-send-time,
+            // and the audio level only where the level allows it.
+            .clear_extension_map()
+            .set_extension(2, Extension::AbsoluteSendTime)
+            .set_extension(3, Extension::TransportSequenceNumber)
+            .set_extension(4, Extension::RtpMid)
+            .set_extension(10, Extension::RtpStreamId)
+            .set_extension(11, Extension::RepairedRtpStreamId);
+        if config.audio_level {
+            builder = builder.set_extension(1, Extension::AudioLevel);
+        }
+        let mut rtc = builder.build(now);
+        for a in &self.config.host_candidates {
+            let c = Candidate::host(*a, "udp")
+                .map_err(|e| SfuError::InvalidCandidate(e.to_string()))?;
+            rtc.add_local_candidate(c);
+        }
+        let desired = self.config.desired_bitrate_bps;
+        rtc.bwe()
+            .set_bitrate(Bitrate::bps(desired / 4), Bitrate::bps(desired));
+        self.ufrags.insert(creds.ufrag.clone(), id);
+        self.participants.insert(
+            id,
+            Participant {
+                config,
+                rtc,
+                ufrag: creds.ufrag,
+                negotiated: false,
+                pending: None,
+                tracks_in: Vec::new(),
+                tracks_out: Vec::new(),
+                path: None,
+                connected: false,
+                timeout: now,
+                estimate_bps: self.config.initial_bitrate_bps,
+                kf_forwarded: 0,
+                kf_throttled: 0,
+            },
+        );
+        // Every track already published in the room is offered to the newcomer.
+        let room = self.participants[&id].config.room;
+        let existing: Vec<(TrackId, MediaKind)> = self
+            .participants
+            .iter()
+            .filter(|(pid, p)| **pid != id && p.config.room == room)
+            .flat_map(|(pid, p)| {
+                p.tracks_in.iter().map(move |t| {
+                    (
+                        TrackId {
+                            publisher: *pid,
+                            mid: t.mid,
+                        },
+                        t.kind,
+                    )
+                })
+            })
+            .collect();
+        if let Some(p) = self.participants.get_mut(&id) {
+            for (track, kind) in existing {
+                p.tracks_out.push(TrackOut::new(track, kind));
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the participant's SDP offer and returns the answer. Cancels an offer of the
+    /// SFU still waiting for its answer (glare: the participant's offer wins, the SFU offers
+    /// again afterwards).
+    pub fn accept_offer(
+        &mut self,
+        now: Instant,
+        id: ParticipantId,
+        offer_sdp: &str,
+    ) -> Result<String, SfuError> {
+        self.touch(now);
+        let p = self
+            .participants
+            .get_mut(&id)
+            .ok_or(SfuError::UnknownParticipant(id))?;
+        let offer = SdpOffer::from_sdp_string(offer_sdp).map_err(|e| SfuError::MalformedSdp {
+            participant: id,
+            reason: e.to_string(),
+        })?;
+        if p.pending.take().is_some() {
+            p.rollback_offer();
+        }
+        let answer =
+            p.rtc
+                .sdp_api()
+                .accept_offer(offer)
+                .map_err(|e| SfuError::Negotiation {
+                    participant: id,
+                    reason: e.to_string(),
+                })?;
+        p.negotiated = true;
+        Ok(answer.to_sdp_string())
+    }
+
+    /// Applies the participant's answer to the last [`Event::Offer`].
+    pub fn accept_answer(&mut self, id: ParticipantId, answer_sdp: &str) -> Result<(), SfuError> {
+        let p = self
+            .participants
+            .get_mut(&id)
+            .ok_or(SfuError::UnknownParticipant(id))?;
+        let pending = p.pending.take().ok_or(SfuError::NoPendingOffer(id))?;
+        let answer =
+            SdpAnswer::from_sdp_string(answer_sdp).map_err(|e| SfuError::MalformedSdp {
+                participant: id,
+                reason: e.to_string(),
+            });
+        let result = answer.and_then(|a| {
+            p.rtc
+                .sdp_api()
+                .accept_answer(pending, a)
+                .map_err(|e| SfuError::Negotiation {
+                    participant: id,
+                    reason: e.to_string(),
+                })
+        });
+        if let Err(e) = result {
+            p.rollback_offer();
+            return Err(e);
+        }
+        for t in &mut p.tracks_out {
+            if let OutState::Negotiating(m) = t.state {
+                t.state = OutState::Open(m);
+                if t.kind == MediaKind::Video {
+                    // A new receiver cannot decode until the next keyframe.
+                    self.keyframes_wanted.push(KeyframeAsk {
+                        track: t.source,
+                        rid: None,
+                        kind: KeyframeRequestKind::Pli,
+                    });
+                }
+            }
+        }
+        p.tracks_out
+            .retain(|t| !matches!(t.state, OutState::NegotiatingStop(_)));
+        Ok(())
+    }
+
+    /// Tears the participant's transport down at once: its session is dropped without a
+    /// goodbye, its address pairs are unbound, datagrams queued for it are discarded, and
+    /// its tracks are withdrawn from the others. Nothing is sent to or accepted from it
+    /// afterwards.
+    pub fn remove_participant(&mut self, now: Instant, id: ParticipantId) -> Result<(), SfuError> {
+        self.touch(now);
+        if self.teardown(id) {
+            Ok(())
+        } else {
+            Err(SfuError::UnknownParticipant(id))
+        }
+    }
+
+    /// Feeds one datagram from the socket.
+    pub fn handle_input(&mut self, now: Instant, input: Input<'_>) {
+        self.touch(now);
+        let Input::Receive {
+            source,
+            destination,
+            contents,
+        } = input;
+        self.counters.datagrams_received += 1;
+        let pair = (source, destination);
+        match demux::classify(contents) {
+            Kind::Other => self.counters.dropped_unclassified += 1,
+            Kind::Stun => {
+                if let Some(ufrag) = demux::binding_request_ufrag(contents) {
+                    let Some(&id) = self.ufrags.get(ufrag) else {
+                        self.counters.dropped_unknown_ufrag += 1;
+                        return;
+                    };
+                    let allowed = self.participants.get(&id).is_some_and(|p| {
+                        p.config
+                            .source_filter
+                            .as_ref()
+                            .is_none_or(|allow| allow(source))
+                    });
+                    if !allowed {
+                        self.counters.dropped_disallowed_source += 1;
+                        return;
+                    }
+                    self.feed(now, id, source, destination, contents, true);
+                } else if let Some(&id) = self.pairs.get(&pair) {
+                    self.feed(now, id, source, destination, contents, false);
+                } else {
+                    self.counters.dropped_unknown_pair += 1;
+                }
+            }
+            Kind::Dtls | Kind::Rtp => match self.pairs.get(&pair) {
+                Some(&id) => self.feed(now, id, source, destination, contents, false),
+                None => self.counters.dropped_unknown_pair += 1,
+            },
+        }
+    }
+
+    /// Advances every session's timers to `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.touch(now);
+        let mut failed = Vec::new();
+        for (id, p) in &mut self.participants {
+            if p.timeout <= now {
+                if let Err(e) = p.rtc.handle_input(str0m::Input::Timeout(now)) {
+                    failed.push((*id, SessionError::Internal(e.to_string())));
+                }
+                // Re-polled in drive(); until then assume it wants to run again now.
+                p.timeout = now;
+            }
+        }
+        for (id, reason) in failed {
+            self.end_session(id, reason);
+        }
+    }
+
+    /// The next thing to do: a datagram to send, an event, or when to call
+    /// [`Sfu::handle_timeout`]. Call until it returns `Timeout`.
+    pub fn poll_output(&mut self, now: Instant) -> Output {
+        self.touch(now);
+        if let Some(q) = self.queue.pop_front() {
+            return q.output;
+        }
+        self.drive(now);
+        if let Some(q) = self.queue.pop_front() {
+            return q.output;
+        }
+        let next = self
+            .participants
+            .values()
+            .map(|p| p.timeout)
+            .min()
+            .unwrap_or(now + IDLE_TIMEOUT);
+        Output::Timeout(next.max(now))
+    }
+
+    /// Participants currently in the SFU: the forwarding set.
+    pub fn participants(&self) -> Vec<ParticipantId> {
+        self.participants.keys().copied().collect()
+    }
+
+    /// A snapshot of one participant.
+    pub fn participant(&self, id: ParticipantId) -> Option<ParticipantInfo> {
+        let p = self.participants.get(&id)?;
+        Some(ParticipantInfo {
+            room: p.config.room,
+            connected: p.connected,
+            path: p.path,
+            published: p
+                .tracks_in
+                .iter()
+                .map(|t| {
+                    (
+                        TrackId {
+                            publisher: id,
+                            mid: t.mid,
+                        },
+                        t.kind,
+                    )
+                })
+                .collect(),
+            subscriptions: p
+                .tracks_out
+                .iter()
+                .map(|t| Subscription {
+                    track: t.source,
+                    kind: t.kind,
+                    mid: t.state.mid(),
+                    state: match t.state {
+                        OutState::ToOpen => SubscriptionState::Pending,
+                        OutState::Negotiating(_) => SubscriptionState::Negotiating,
+                        OutState::Open(_) => SubscriptionState::Open,
+                        OutState::ToStop(_) | OutState::NegotiatingStop(_) => {
+                            SubscriptionState::Stopping
+                        }
+                    },
+                    layer: t.current,
+                    frames: t.frames,
+                })
+                .collect(),
+            estimate_bps: p.estimate_bps,
+            keyframe_requests_forwarded: p.kf_forwarded,
+            keyframe_requests_throttled: p.kf_throttled,
+        })
+    }
+
+    /// The participant a (remote, local) address pair is bound to, if any.
+    pub fn bound_participant(&self, remote: SocketAddr, local: SocketAddr) -> Option<ParticipantId> {
+        self.pairs.get(&(remote, local)).copied()
+    }
+
+    /// Datagram and keyframe counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    fn touch(&mut self, now: Instant) {
+        if self.last_now.is_none_or(|t| now > t) {
+            self.last_now = Some(now);
+        }
+    }
+
+    fn feed(
+        &mut self,
+        now: Instant,
+        id: ParticipantId,
+        source: SocketAddr,
+        destination: SocketAddr,
+        contents: &[u8],
+        check_accepts: bool,
+    ) {
+        let Ok(datagram) = DatagramRecv::try_from(contents) else {
+            self.counters.dropped_malformed += 1;
+            return;
+        };
+        let Some(p) = self.participants.get_mut(&id) else {
+            self.counters.dropped_unknown_pair += 1;
+            return;
+        };
+        let input = str0m::Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination,
+                contents: datagram,
+            },
+        );
+        if check_accepts && !p.rtc.accepts(&input) {
+            self.counters.dropped_rejected += 1;
+            return;
+        }
+        if let Err(e) = p.rtc.handle_input(input) {
+            tracing::debug!(participant = %id, error = %e, "input ends session");
+            self.end_session(id, SessionError::PeerInput(e.to_string()));
+            return;
+        }
+        p.timeout = now;
+    }
+
+    fn end_session(&mut self, id: ParticipantId, reason: SessionError) {
+        if reason.fault() != crate::error::Fault::Peer || reason != SessionError::ClosedByPeer {
+            self.counters.session_errors += 1;
+        }
+        if self.teardown(id) {
+            self.push_event(None, Event::SessionEnded {
+                participant: id,
+                reason,
+            });
+        }
+    }
+
+    /// Removes a participant and everything that refers to it. Returns whether it existed.
+    fn teardown(&mut self, id: ParticipantId) -> bool {
+        let Some(p) = self.participants.remove(&id) else {
+            return false;
+        };
+        self.ufrags.remove(&p.ufrag);
+        self.pairs.retain(|_, v| *v != id);
+        self.queue.retain(|q| {
+            !(q.participant == Some(id) && matches!(q.output, Output::Transmit { .. }))
+        });
+        self.keyframes_wanted.retain(|k| k.track.publisher != id);
+        for t in &p.tracks_in {
+            let track = TrackId {
+                publisher: id,
+                mid: t.mid,
+            };
+            self.withdraw(track);
+            self.push_event(None, Event::TrackUnpublished { track });
+        }
+        true
+    }
+
+    /// Stops forwarding `track` to everybody.
+    fn withdraw(&mut self, track: TrackId) {
+        for p in self.participants.values_mut() {
+            p.tracks_out.retain_mut(|t| {
+                if t.source != track {
+                    return true;
+                }
+                match t.state {
+                    OutState::ToOpen => false,
+                    OutState::Negotiating(m) | OutState::Open(m) => {
+                        t.state = OutState::ToStop(m);
+                        true
+                    }
+                    OutState::ToStop(_) | OutState::NegotiatingStop(_) => true,
+                }
+            });
+        }
+    }
+
+    fn push_event(&mut self, participant: Option<ParticipantId>, event: Event) {
+        self.queue.push_back(Queued {
+            participant,
+            output: Output::Event(event),
+        });
+    }
+
+    /// Polls every session until none has more to say, moving media and keyframe requests
+    /// between them.
+    fn drive(&mut self, now: Instant) {
+        let wanted = std::mem::take(&mut self.keyframes_wanted);
+        for ask in wanted {
+            self.request_keyframe(now, ask, false);
+        }
+        // Each pass forwards what the previous one received; forwarding only writes into
+        // other sessions, which yields transmits but no new work, so this ends.
+        loop {
+            let mut work = Work::default();
+            let ids: Vec<ParticipantId> = self.participants.keys().copied().collect();
+            for id in ids {
+                self.negotiate(id);
+                self.poll_participant(now, id, &mut work);
+            }
+            if work.is_empty() {
+                break;
+            }
+            self.apply(now, work);
+        }
+    }
+
+    fn negotiate(&mut self, id: ParticipantId) {
+        let Some(p) = self.participants.get_mut(&id) else {
+            return;
+        };
+        if !p.negotiated || p.pending.is_some() {
+            return;
+        }
+        if !p
+            .tracks_out
+            .iter()
+            .any(|t| matches!(t.state, OutState::ToOpen | OutState::ToStop(_)))
+        {
+            return;
+        }
+        let mut api = p.rtc.sdp_api();
+        for t in &mut p.tracks_out {
+            match t.state {
+                OutState::ToOpen => {
+                    let stream = t.source.publisher.to_string();
+                    let track = format!("{}-{}", t.source.publisher, t.source.mid);
+                    let mid = api.add_media(
+                        t.kind,
+                        Direction::SendOnly,
+                        Some(stream),
+                        Some(track),
+                        None,
+                    );
+                    t.state = OutState::Negotiating(mid);
+                }
+                OutState::ToStop(m) => {
+                    api.stop_media(m);
+                    t.state = OutState::NegotiatingStop(m);
+                }
+                _ => {}
+            }
+        }
+        match api.apply() {
+            Some((offer, pending)) => {
+                p.pending = Some(pending);
+                let sdp = offer.to_sdp_string();
+                self.push_event(Some(id), Event::Offer {
+                    participant: id,
+                    sdp,
+                });
+            }
+            None => p.rollback_offer(),
+        }
+    }
+
+    fn poll_participant(&mut self, now: Instant, id: ParticipantId, work: &mut Work) {
+        loop {
+            let Some(p) = self.participants.get_mut(&id) else {
+                return;
+            };
+            let output = match p.rtc.poll_output() {
+                Ok(o) => o,
+                Err(e) => {
+                    work.ended.push((id, SessionError::Internal(e.to_string())));
+                    return;
+                }
+            };
+            match output {
+                str0m::Output::Timeout(t) => {
+                    p.timeout = t;
+                    if !p.rtc.is_alive() {
+                        work.ended.push((id, SessionError::ClosedByPeer));
+                    }
+                    return;
+                }
+                str0m::Output::Transmit(t) => {
+                    let contents = t.contents.to_vec();
+                    if demux::is_binding_success(&contents) {
+                        // str0m answered an authenticated binding request: the pair is
+                        // proven (RFC 8445 §7.3), bind it.
+                        self.pairs.insert((t.destination, t.source), id);
+                    } else if demux::classify(&contents) != Kind::Stun
+                        && p.path != Some((t.source, t.destination))
+                    {
+                        p.path = Some((t.source, t.destination));
+                        self.push_event(Some(id), Event::PathSelected {
+                            participant: id,
+                            local: t.source,
+                            remote: t.destination,
+                        });
+                    }
+                    self.queue.push_back(Queued {
+                        participant: Some(id),
+                        output: Output::Transmit {
+                            source: t.source,
+                            destination: t.destination,
+                            contents,
+                        },
+                    });
+                }
+                str0m::Output::Event(e) => self.handle_rtc_event(now, id, e, work),
+            }
+        }
+    }
+
+    fn handle_rtc_event(&mut self, now: Instant, id: ParticipantId, e: str0m::Event, work: &mut Work) {
+        let Some(p) = self.participants.get_mut(&id) else {
+            return;
+        };
+        match e {
+            str0m::Event::IceConnectionStateChange(s) => match s {
+                IceConnectionState::Connected | IceConnectionState::Completed => {
+                    self.push_event(Some(id), Event::IceConnected { participant: id });
+                }
+                IceConnectionState::Disconnected => {
+                    self.push_event(Some(id), Event::IceDisconnected { participant: id });
+                }
+                _ => {}
+            },
+            str0m::Event::Connected => {
+                p.connected = true;
+                self.push_event(Some(id), Event::Connected { participant: id });
+            }
+            str0m::Event::MediaAdded(m) => {
+                if m.direction.is_receiving() && !p.tracks_in.iter().any(|t| t.mid == m.mid) {
+                    p.tracks_in.push(TrackIn {
+                        mid: m.mid,
+                        kind: m.kind,
+                        meter: LayerMeter::default(),
+                        simulcast: false,
+                        last_keyframe_request: HashMap::new(),
+                    });
+                    let track = TrackId {
+                        publisher: id,
+                        mid: m.mid,
+                    };
+                    work.published.push(track);
+                    self.push_event(Some(id), Event::TrackPublished {
+                        track,
+                        kind: m.kind,
+                    });
+                }
+            }
+            str0m::Event::MediaChanged(m) => {
+                if !m.direction.is_receiving() {
+                    if let Some(i) = p.tracks_in.iter().position(|t| t.mid == m.mid) {
+                        p.tracks_in.remove(i);
+                        let track = TrackId {
+                            publisher: id,
+                            mid: m.mid,
+                        };
+                        work.unpublished.push(track);
+                        self.push_event(Some(id), Event::TrackUnpublished { track });
+                    }
+                }
+            }
+            str0m::Event::MediaData(d) => {
+                if let Some(t) = p.tracks_in.iter_mut().find(|t| t.mid == d.mid) {
+                    if let Some(rid) = d.rid {
+                        t.simulcast = true;
+                        t.meter.record(rid, now, d.data.len());
+                    }
+                    if !d.contiguous && t.kind == MediaKind::Video {
+                        // Frames were lost for good (NACK/RTX did not recover them).
+                        work.keyframes.push(KeyframeAsk {
+                            track: TrackId {
+                                publisher: id,
+                                mid: d.mid,
+                            },
+                            rid: d.rid,
+                            kind: KeyframeRequestKind::Pli,
+                        });
+                    }
+                    work.media.push((id, d));
+                }
+            }
+            str0m::Event::KeyframeRequest(r) => {
+                self.counters.keyframe_requests_received += 1;
+                if let Some(t) = p.tracks_out.iter().find(|t| t.state.mid() == Some(r.mid)) {
+                    work.keyframes.push(KeyframeAsk {
+                        track: t.source,
+                        rid: t.current.or(t.target),
+                        kind: r.kind,
+                    });
+                }
+            }
+            str0m::Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+                p.estimate_bps = estimate.as_u64();
+            }
+            str0m::Event::Closed => work.ended.push((id, SessionError::ClosedByPeer)),
+            _ => {}
+        }
+    }
+
+    fn apply(&mut self, now: Instant, work: Work) {
+        for (id, reason) in work.ended {
+            self.end_session(id, reason);
+        }
+        for track in work.unpublished {
+            self.withdraw(track);
+        }
+        for track in work.published {
+            let Some(room) = self.participants.get(&track.publisher).map(|p| p.config.room)
+            else {
+                continue;
+            };
+            let kind = self.participants[&track.publisher]
+                .tracks_in
+                .iter()
+                .find(|t| t.mid == track.mid)
+                .map(|t| t.kind);
+            let Some(kind) = kind else { continue };
+            for (sid, s) in &mut self.participants {
+                if *sid != track.publisher
+                    && s.config.room == room
+                    && !s.tracks_out.iter().any(|t| t.source == track)
+                {
+                    s.tracks_out.push(TrackOut::new(track, kind));
+                }
+            }
+        }
+        let mut asks = work.keyframes;
+        for (publisher, data) in work.media {
+            self.forward(publisher, &data, &mut asks);
+        }
+        for ask in asks {
+            self.request_keyframe(now, ask, true);
+        }
+    }
+
+    /// Writes one incoming frame to every subscriber of its track in the publisher's room.
+    fn forward(&mut self, publisher: ParticipantId, data: &MediaData, asks: &mut Vec<KeyframeAsk>) {
+        let Some(src) = self.participants.get(&publisher) else {
+            return;
+        };
+        let room = src.config.room;
+        let ranked = src
+            .tracks_in
+            .iter()
+            .find(|t| t.mid == data.mid)
+            .filter(|t| t.simulcast)
+            .map(|t| t.meter.ranked());
+        let track = TrackId {
+            publisher,
+            mid: data.mid,
+        };
+        for (sid, s) in &mut self.participants {
+            if *sid == publisher || s.config.room != room {
+                continue;
+            }
+            let (audio, video) = s.open_counts();
+            let estimate = s.estimate_bps;
+            let Some(t) = s.tracks_out.iter_mut().find(|t| t.source == track) else {
+                continue;
+            };
+            let OutState::Open(mid) = t.state else {
+                continue;
+            };
+            let mut time = data.time;
+            if let (Some(rid), Some(ranked)) = (data.rid, ranked.as_ref()) {
+                t.target = simulcast::choose(ranked, simulcast::video_share(estimate, audio, video));
+                if t.current != Some(rid) {
+                    if t.target == Some(rid) {
+                        if data.is_keyframe() {
+                            t.switch_to(rid, data);
+                        } else {
+                            asks.push(KeyframeAsk {
+                                track,
+                                rid: Some(rid),
+                                kind: KeyframeRequestKind::Pli,
+                            });
+                            continue;
+                        }
+                    } else {
+                        continue;
+                    }
+                }
+                time = t.rebase(data);
+            }
+            let Some(writer) = s.rtc.writer(mid) else {
+                continue;
+            };
+            let Some(pt) = writer.match_params(data.params) else {
+                continue;
+            };
+            let writer = match (s.config.audio_level, data.ext_vals.audio_level) {
+                (true, Some(level)) => {
+                    writer.audio_level(level, data.ext_vals.voice_activity.unwrap_or(false))
+                }
+                _ => writer,
+            };
+            match writer.write(pt, data.network_time, time, data.data.clone()) {
+                Ok(()) => {
+                    t.frames += 1;
+                    t.last_out = Some((time.numer(), data.network_time));
+                }
+                Err(e) => {
+                    self.counters.write_errors += 1;
+                    tracing::debug!(participant = %sid, error = %e, "write refused");
+                }
+            }
+        }
+    }
+
+    /// Passes a keyframe request to the publisher unless one went to the same stream within
+    /// the configured interval.
+    fn request_keyframe(&mut self, now: Instant, ask: KeyframeAsk, counted: bool) {
+        if !counted {
+            self.counters.keyframe_requests_received += 1;
+        }
+        let interval = self.config.keyframe_request_interval;
+        let Some(p) = self.participants.get_mut(&ask.track.publisher) else {
+            return;
+        };
+        let Some(t) = p.tracks_in.iter_mut().find(|t| t.mid == ask.track.mid) else {
+            return;
+        };
+        if t
+            .last_keyframe_request
+            .get(&ask.rid)
+            .is_some_and(|last| now.saturating_duration_since(*last) < interval)
+        {
+            p.kf_throttled += 1;
+            self.counters.keyframe_requests_throttled += 1;
+            return;
+        }
+        let Some(mut writer) = p.rtc.writer(ask.track.mid) else {
+            return;
+        };
+        if writer.request_keyframe(ask.rid, ask.kind).is_err() {
+            // No incoming stream for that rid yet: nothing to ask.
+            return;
+        }
+        t.last_keyframe_request.insert(ask.rid, now);
+        p.kf_forwarded += 1;
+        self.counters.keyframe_requests_forwarded += 1;
+        let event = Event::KeyframeRequested {
+            track: ask.track,
+            rid: ask.rid,
+            forwarded: p.kf_forwarded,
+            throttled: p.kf_throttled,
+        };
+        self.push_event(Some(ask.track.publisher), event);
+    }
+}
+
+impl Participant {
+    /// Undo the state changes of an offer that will not be answered.
+    fn rollback_offer(&mut self) {
+        for t in &mut self.tracks_out {
+            match t.state {
+                OutState::Negotiating(_) => t.state = OutState::ToOpen,
+                OutState::NegotiatingStop(m) => t.state = OutState::ToStop(m),
+                _ => {}
+            }
+        }
+    }
+
+    fn open_counts(&self) -> (usize, usize) {
+        let open = self
+            .tracks_out
+            .iter()
+            .filter(|t| matches!(t.state, OutState::Open(_)));
+        let audio = open.clone().filter(|t| t.kind == MediaKind::Audio).count();
+        (audio, open.count() - audio)
+    }
+}
+
+impl TrackOut {
+    fn new(source: TrackId, kind: MediaKind) -> Self {
+        TrackOut {
+            source,
+            kind,
+            state: OutState::ToOpen,
+            current: None,
+            target: None,
+            time_offset: 0,
+            last_out: None,
+            frames: 0,
+        }
+    }
+
+    /// Starts forwarding layer `rid` from this keyframe on, continuing the output timeline.
+    fn switch_to(&mut self, rid: Rid, data: &MediaData) {
+        self.current = Some(rid);
+        if let Some((last_ticks, last_at)) = self.last_out {
+            let hz = data.time.frequency().get() as u128;
+            let elapsed = data.network_time.saturating_duration_since(last_at).as_micros();
+            let advance = (elapsed * hz / 1_000_000).max(1) as i64;
+            let want = last_ticks as i64 + advance;
+            self.time_offset = want - data.time.numer() as i64;
+        }
+    }
+
+    fn rebase(&self, data: &MediaData) -> MediaTime {
+        let ticks = (data.time.numer() as i64).saturating_add(self.time_offset).max(0);
+        MediaTime::new(ticks as u64, data.time.frequency())
+    }
+}
