@@ -40,7 +40,7 @@ fn stun_type(datagram: &[u8]) -> Option<u16> {
     }
     let ty = u16::from_be_bytes([datagram[0], datagram[1]]);
     let len = u16::from_be_bytes([datagram[2], datagram[3]]) as usize;
-    if ty & 0xc000 != 0 || len % 4 != 0 || STUN_HEADER_LEN + len != datagram.len() {
+    if ty & 0xc000 != 0 || !len.is_multiple_of(4) || STUN_HEADER_LEN + len != datagram.len() {
         return None;
     }
     Some(ty)
@@ -104,7 +104,11 @@ pub(crate) mod tests {
         assert_eq!(classify(&[3]), Kind::Stun);
         assert_eq!(classify(&[16]), Kind::Other, "ZRTP is not ours");
         assert_eq!(classify(&[22]), Kind::Dtls);
-        assert_eq!(classify(&[64]), Kind::Other, "TURN channel data is not ours");
+        assert_eq!(
+            classify(&[64]),
+            Kind::Other,
+            "TURN channel data is not ours"
+        );
         assert_eq!(classify(&[0x80]), Kind::Rtp);
         assert_eq!(classify(&[0xbf]), Kind::Rtp);
         assert_eq!(classify(&[0xc0]), Kind::Other);

@@ -11,7 +11,7 @@ use str0m::crypto::CryptoProvider;
 use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid, Rid};
 use str0m::net::{DatagramRecv, Protocol, Receive};
 use str0m::rtp::Extension;
-use str0m::{Candidate, IceConnectionState, IceCreds, Rtc};
+use str0m::{Candidate, IceConnectionState, IceCreds, Rtc, RtcError};
 
 use crate::config::{ParticipantConfig, ParticipantId, RoomId, SfuConfig};
 use crate::demux::{self, Kind};
@@ -456,14 +456,14 @@ impl Sfu {
         if p.pending.take().is_some() {
             p.rollback_offer();
         }
-        let answer =
-            p.rtc
-                .sdp_api()
-                .accept_offer(offer)
-                .map_err(|e| SfuError::Negotiation {
-                    participant: id,
-                    reason: e.to_string(),
-                })?;
+        let answer = p
+            .rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| SfuError::Negotiation {
+                participant: id,
+                reason: e.to_string(),
+            })?;
         p.negotiated = true;
         Ok(answer.to_sdp_string())
     }
@@ -475,11 +475,10 @@ impl Sfu {
             .get_mut(&id)
             .ok_or(SfuError::UnknownParticipant(id))?;
         let pending = p.pending.take().ok_or(SfuError::NoPendingOffer(id))?;
-        let answer =
-            SdpAnswer::from_sdp_string(answer_sdp).map_err(|e| SfuError::MalformedSdp {
-                participant: id,
-                reason: e.to_string(),
-            });
+        let answer = SdpAnswer::from_sdp_string(answer_sdp).map_err(|e| SfuError::MalformedSdp {
+            participant: id,
+            reason: e.to_string(),
+        });
         let result = answer.and_then(|a| {
             p.rtc
                 .sdp_api()
@@ -573,7 +572,7 @@ impl Sfu {
         for (id, p) in &mut self.participants {
             if p.timeout <= now {
                 if let Err(e) = p.rtc.handle_input(str0m::Input::Timeout(now)) {
-                    failed.push((*id, SessionError::Internal(e.to_string())));
+                    failed.push((*id, session_error(&e)));
                 }
                 // Re-polled in drive(); until then assume it wants to run again now.
                 p.timeout = now;
@@ -655,7 +654,11 @@ impl Sfu {
     }
 
     /// The participant a (remote, local) address pair is bound to, if any.
-    pub fn bound_participant(&self, remote: SocketAddr, local: SocketAddr) -> Option<ParticipantId> {
+    pub fn bound_participant(
+        &self,
+        remote: SocketAddr,
+        local: SocketAddr,
+    ) -> Option<ParticipantId> {
         self.pairs.get(&(remote, local)).copied()
     }
 
@@ -702,21 +705,24 @@ impl Sfu {
         }
         if let Err(e) = p.rtc.handle_input(input) {
             tracing::debug!(participant = %id, error = %e, "input ends session");
-            self.end_session(id, SessionError::PeerInput(e.to_string()));
+            self.end_session(id, session_error(&e));
             return;
         }
         p.timeout = now;
     }
 
     fn end_session(&mut self, id: ParticipantId, reason: SessionError) {
-        if reason.fault() != crate::error::Fault::Peer || reason != SessionError::ClosedByPeer {
+        if reason != SessionError::ClosedByPeer {
             self.counters.session_errors += 1;
         }
         if self.teardown(id) {
-            self.push_event(None, Event::SessionEnded {
-                participant: id,
-                reason,
-            });
+            self.push_event(
+                None,
+                Event::SessionEnded {
+                    participant: id,
+                    reason,
+                },
+            );
         }
     }
 
@@ -773,7 +779,7 @@ impl Sfu {
     fn drive(&mut self, now: Instant) {
         let wanted = std::mem::take(&mut self.keyframes_wanted);
         for ask in wanted {
-            self.request_keyframe(now, ask, false);
+            self.request_keyframe(now, ask);
         }
         // Each pass forwards what the previous one received; forwarding only writes into
         // other sessions, which yields transmits but no new work, so this ends.
@@ -811,13 +817,8 @@ impl Sfu {
                 OutState::ToOpen => {
                     let stream = t.source.publisher.to_string();
                     let track = format!("{}-{}", t.source.publisher, t.source.mid);
-                    let mid = api.add_media(
-                        t.kind,
-                        Direction::SendOnly,
-                        Some(stream),
-                        Some(track),
-                        None,
-                    );
+                    let mid =
+                        api.add_media(t.kind, Direction::SendOnly, Some(stream), Some(track), None);
                     t.state = OutState::Negotiating(mid);
                 }
                 OutState::ToStop(m) => {
@@ -831,10 +832,13 @@ impl Sfu {
             Some((offer, pending)) => {
                 p.pending = Some(pending);
                 let sdp = offer.to_sdp_string();
-                self.push_event(Some(id), Event::Offer {
-                    participant: id,
-                    sdp,
-                });
+                self.push_event(
+                    Some(id),
+                    Event::Offer {
+                        participant: id,
+                        sdp,
+                    },
+                );
             }
             None => p.rollback_offer(),
         }
@@ -848,7 +852,7 @@ impl Sfu {
             let output = match p.rtc.poll_output() {
                 Ok(o) => o,
                 Err(e) => {
-                    work.ended.push((id, SessionError::Internal(e.to_string())));
+                    work.ended.push((id, session_error(&e)));
                     return;
                 }
             };
@@ -870,11 +874,14 @@ impl Sfu {
                         && p.path != Some((t.source, t.destination))
                     {
                         p.path = Some((t.source, t.destination));
-                        self.push_event(Some(id), Event::PathSelected {
-                            participant: id,
-                            local: t.source,
-                            remote: t.destination,
-                        });
+                        self.push_event(
+                            Some(id),
+                            Event::PathSelected {
+                                participant: id,
+                                local: t.source,
+                                remote: t.destination,
+                            },
+                        );
                     }
                     self.queue.push_back(Queued {
                         participant: Some(id),
@@ -890,7 +897,13 @@ impl Sfu {
         }
     }
 
-    fn handle_rtc_event(&mut self, now: Instant, id: ParticipantId, e: str0m::Event, work: &mut Work) {
+    fn handle_rtc_event(
+        &mut self,
+        now: Instant,
+        id: ParticipantId,
+        e: str0m::Event,
+        work: &mut Work,
+    ) {
         let Some(p) = self.participants.get_mut(&id) else {
             return;
         };
@@ -908,37 +921,38 @@ impl Sfu {
                 p.connected = true;
                 self.push_event(Some(id), Event::Connected { participant: id });
             }
-            str0m::Event::MediaAdded(m) => {
-                if m.direction.is_receiving() && !p.tracks_in.iter().any(|t| t.mid == m.mid) {
-                    p.tracks_in.push(TrackIn {
-                        mid: m.mid,
+            str0m::Event::MediaAdded(m)
+                if m.direction.is_receiving() && !p.tracks_in.iter().any(|t| t.mid == m.mid) =>
+            {
+                p.tracks_in.push(TrackIn {
+                    mid: m.mid,
+                    kind: m.kind,
+                    meter: LayerMeter::default(),
+                    simulcast: false,
+                    last_keyframe_request: HashMap::new(),
+                });
+                let track = TrackId {
+                    publisher: id,
+                    mid: m.mid,
+                };
+                work.published.push(track);
+                self.push_event(
+                    Some(id),
+                    Event::TrackPublished {
+                        track,
                         kind: m.kind,
-                        meter: LayerMeter::default(),
-                        simulcast: false,
-                        last_keyframe_request: HashMap::new(),
-                    });
+                    },
+                );
+            }
+            str0m::Event::MediaChanged(m) if !m.direction.is_receiving() => {
+                if let Some(i) = p.tracks_in.iter().position(|t| t.mid == m.mid) {
+                    p.tracks_in.remove(i);
                     let track = TrackId {
                         publisher: id,
                         mid: m.mid,
                     };
-                    work.published.push(track);
-                    self.push_event(Some(id), Event::TrackPublished {
-                        track,
-                        kind: m.kind,
-                    });
-                }
-            }
-            str0m::Event::MediaChanged(m) => {
-                if !m.direction.is_receiving() {
-                    if let Some(i) = p.tracks_in.iter().position(|t| t.mid == m.mid) {
-                        p.tracks_in.remove(i);
-                        let track = TrackId {
-                            publisher: id,
-                            mid: m.mid,
-                        };
-                        work.unpublished.push(track);
-                        self.push_event(Some(id), Event::TrackUnpublished { track });
-                    }
+                    work.unpublished.push(track);
+                    self.push_event(Some(id), Event::TrackUnpublished { track });
                 }
             }
             str0m::Event::MediaData(d) => {
@@ -962,7 +976,6 @@ impl Sfu {
                 }
             }
             str0m::Event::KeyframeRequest(r) => {
-                self.counters.keyframe_requests_received += 1;
                 if let Some(t) = p.tracks_out.iter().find(|t| t.state.mid() == Some(r.mid)) {
                     work.keyframes.push(KeyframeAsk {
                         track: t.source,
@@ -987,7 +1000,10 @@ impl Sfu {
             self.withdraw(track);
         }
         for track in work.published {
-            let Some(room) = self.participants.get(&track.publisher).map(|p| p.config.room)
+            let Some(room) = self
+                .participants
+                .get(&track.publisher)
+                .map(|p| p.config.room)
             else {
                 continue;
             };
@@ -1011,7 +1027,7 @@ impl Sfu {
             self.forward(publisher, &data, &mut asks);
         }
         for ask in asks {
-            self.request_keyframe(now, ask, true);
+            self.request_keyframe(now, ask);
         }
     }
 
@@ -1045,7 +1061,8 @@ impl Sfu {
             };
             let mut time = data.time;
             if let (Some(rid), Some(ranked)) = (data.rid, ranked.as_ref()) {
-                t.target = simulcast::choose(ranked, simulcast::video_share(estimate, audio, video));
+                t.target =
+                    simulcast::choose(ranked, simulcast::video_share(estimate, audio, video));
                 if t.current != Some(rid) {
                     if t.target == Some(rid) {
                         if data.is_keyframe() {
@@ -1091,10 +1108,8 @@ impl Sfu {
 
     /// Passes a keyframe request to the publisher unless one went to the same stream within
     /// the configured interval.
-    fn request_keyframe(&mut self, now: Instant, ask: KeyframeAsk, counted: bool) {
-        if !counted {
-            self.counters.keyframe_requests_received += 1;
-        }
+    fn request_keyframe(&mut self, now: Instant, ask: KeyframeAsk) {
+        self.counters.keyframe_requests_received += 1;
         let interval = self.config.keyframe_request_interval;
         let Some(p) = self.participants.get_mut(&ask.track.publisher) else {
             return;
@@ -1102,8 +1117,7 @@ impl Sfu {
         let Some(t) = p.tracks_in.iter_mut().find(|t| t.mid == ask.track.mid) else {
             return;
         };
-        if t
-            .last_keyframe_request
+        if t.last_keyframe_request
             .get(&ask.rid)
             .is_some_and(|last| now.saturating_duration_since(*last) < interval)
         {
@@ -1128,6 +1142,21 @@ impl Sfu {
             throttled: p.kf_throttled,
         };
         self.push_event(Some(ask.track.publisher), event);
+    }
+}
+
+/// Errors caused by what the peer sent (its SDP, DTLS, packets) versus our own failures.
+fn session_error(e: &RtcError) -> SessionError {
+    match e {
+        RtcError::RemoteSdp(_)
+        | RtcError::Sdp(_)
+        | RtcError::Rtp(_)
+        | RtcError::Dtls(_)
+        | RtcError::Packet(..)
+        | RtcError::Net(_)
+        | RtcError::Ice(_)
+        | RtcError::Sctp(_) => SessionError::PeerInput(e.to_string()),
+        _ => SessionError::Internal(e.to_string()),
     }
 }
 
@@ -1172,7 +1201,10 @@ impl TrackOut {
         self.current = Some(rid);
         if let Some((last_ticks, last_at)) = self.last_out {
             let hz = data.time.frequency().get() as u128;
-            let elapsed = data.network_time.saturating_duration_since(last_at).as_micros();
+            let elapsed = data
+                .network_time
+                .saturating_duration_since(last_at)
+                .as_micros();
             let advance = (elapsed * hz / 1_000_000).max(1) as i64;
             let want = last_ticks as i64 + advance;
             self.time_offset = want - data.time.numer() as i64;
@@ -1180,7 +1212,9 @@ impl TrackOut {
     }
 
     fn rebase(&self, data: &MediaData) -> MediaTime {
-        let ticks = (data.time.numer() as i64).saturating_add(self.time_offset).max(0);
+        let ticks = (data.time.numer() as i64)
+            .saturating_add(self.time_offset)
+            .max(0);
         MediaTime::new(ticks as u64, data.time.frequency())
     }
 }
