@@ -36,6 +36,9 @@ export const CHROMIUM_ARGS = [
   '--use-fake-ui-for-media-stream',
   '--autoplay-policy=no-user-gesture-required',
   '--allow-loopback-in-peer-connection',
+  // Extra flags for every browser, space-separated (e.g. `--disable-http2` to work around a
+  // server that mishandles HTTP/2); none by default.
+  ...(process.env.SEALROOM_E2E_CHROMIUM_ARGS ?? '').split(' ').filter((a) => a !== ''),
 ];
 
 /** Playwright's timeout for single actions and waits (a step, not a test). */
@@ -85,11 +88,17 @@ export class Resources {
   }
 }
 
-/** Runs `body(res)` and always releases what it registered. */
-export async function withResources(body) {
+/**
+ * Runs `body(res)` and always releases what it registered. With `deadlineMs`, a body that is
+ * still running then is abandoned: the error is thrown and cleanup runs at once (closing the
+ * browsers and killing the server makes whatever it awaited fail), so a hung step can never keep
+ * the test process alive after the test runner's own timeout.
+ */
+export async function withResources(body, { deadlineMs } = {}) {
   const res = new Resources();
   try {
-    return await body(res);
+    const run = body(res);
+    return await (deadlineMs ? withTimeout(run, deadlineMs, 'test body') : run);
   } catch (e) {
     const dir = path.join(E2E_DIR, 'test-results', `${path.basename(process.argv[1] ?? 'test')}-${Date.now()}`);
     try {
@@ -199,7 +208,7 @@ export async function startServer(res, opts = {}) {
   };
 }
 
-/** Runs the CLI against a data dir; returns parsed JSON (or the raw text for multi-line output). */
+/** Runs the CLI against a data dir; returns its parsed JSON (`audit show`: an array of entries). */
 export function cli(dataDir, args, { json = true, allowFail = false } = {}) {
   const full = ['--data-dir', dataDir, ...(json ? ['--json'] : []), ...args];
   return new Promise((resolve, reject) => {
@@ -210,27 +219,21 @@ export function cli(dataDir, args, { json = true, allowFail = false } = {}) {
       }
       const text = stdout.trim();
       let value = text;
-      if (json && text !== '') {
-        try {
-          value = JSON.parse(text);
-        } catch {
-          // `audit show` prints one JSON object per line.
-          value = text.split('\n').map((l) => JSON.parse(l));
-        }
+      if (json && args[0] === 'audit' && args[1] === 'show') {
+        // One JSON object per line.
+        value = text === '' ? [] : text.split('\n').map((l) => JSON.parse(l));
+      } else if (json && text !== '') {
+        value = JSON.parse(text);
       }
       resolve(allowFail ? { code: err ? err.code : 0, value, stderr } : value);
     });
   });
 }
 
-/**
- * The CLI derives links from the configuration it reads, not from the running server, so with
- * `--listen 127.0.0.1:0` it prints the default origin (http://localhost:8443). Keep the path and
- * fragment, put the running server's origin in front.
- */
-export function onServer(server, url) {
-  const u = new URL(url);
-  return `${server.origin}${u.pathname}${u.search}${u.hash}`;
+/** A link the CLI printed: it must point at the running server (the CLI learns its origin from it). */
+export function cliLink(server, url) {
+  assert.equal(new URL(url).origin, server.origin, `the CLI printed ${url} for the server at ${server.origin}`);
+  return url;
 }
 
 /** A raw HTTP(S) request from Node (no browser): full control over Host and Origin. */
@@ -335,7 +338,12 @@ export const tid = (page, id) => page.getByTestId(id);
 /** Enrols this context's passkey from an enrolment link through the enrol page. */
 export async function enrol(user, link, { expectName, deviceName } = {}) {
   const { page } = user;
-  await page.goto(link);
+  if (page.url() !== link) {
+    let resp = await page.goto(link);
+    // Only the fragment changed (same document): load the page afresh with the new token.
+    if (resp === null) resp = await page.reload();
+    assert.equal(resp.status(), 200, `GET ${new URL(link).pathname}: HTTP ${resp.status()} ${await resp.text().catch(() => '')}`);
+  }
   const info = tid(page, 'enrol-info');
   await info.waitFor();
   if (expectName) assert.ok((await info.textContent()).includes(expectName), `enrol page names ${expectName}`);
@@ -411,17 +419,18 @@ export const refusal = (page, reason) => page.locator(`[data-testid=refusal-reas
 export async function axeCheck(page, label) {
   const src = fs.readFileSync(AXE_PATH, 'utf8');
   if (!(await page.evaluate(() => typeof window.axe === 'object'))) await page.evaluate(src);
-  const violations = await page.evaluate(async () => {
+  const { violations, passes } = await page.evaluate(async () => {
     const r = await window.axe.run(document, { resultTypes: ['violations'] });
-    return r.violations.map((v) => ({
+    return { passes: r.passes.length, violations: r.violations.map((v) => ({
       id: v.id,
       impact: v.impact,
       help: v.help,
       nodes: v.nodes.map((n) => n.target.join(' ')).slice(0, 5),
-    }));
+    })) };
   });
+  assert.ok(passes > 5, `axe ran its rules on ${label} (${passes} passed)`);
   const bad = violations.filter((v) => v.impact === 'serious' || v.impact === 'critical');
-  log(`axe ${label}: ${violations.length} violation(s), ${bad.length} serious/critical`, violations.map((v) => `${v.id}(${v.impact})`).join(' '));
+  log(`axe ${label}: ${passes} rules passed, ${violations.length} violation(s), ${bad.length} serious/critical`, violations.map((v) => `${v.id}(${v.impact})`).join(' '));
   return Object.assign(bad, { all: violations });
 }
 

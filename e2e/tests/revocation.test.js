@@ -14,11 +14,12 @@ import {
   finishLogin,
   newUser,
   passkeyAssertion,
-  onServer,
+  cliLink,
   refusal,
   startServer,
   tid,
   withResources,
+  withTimeout,
 } from './lib.js';
 
 const LIMIT_MS = 1000;
@@ -40,7 +41,7 @@ async function armRevocationClock(page) {
   });
 }
 
-const revokedAt = (page) => page.evaluate(() => window.__revokedAt);
+const revokedAt = (page) => withTimeout(page.evaluate(() => window.__revokedAt), 10_000, 'device_revoked shown');
 
 async function bobInMeeting(B, origin, meetingId) {
   await B.page.goto(`${origin}/m/${meetingId}`);
@@ -48,7 +49,10 @@ async function bobInMeeting(B, origin, meetingId) {
   await B.page.locator('[data-testid=participant][data-user=bob]').waitFor();
 }
 
-test('a revoked device is thrown out of its meeting within 1 s and loses its session (admin page and CLI)', { timeout: 120_000 }, async (t) => {
+// The runner's limit; the body is abandoned (and everything torn down) 10 s before it.
+const TIMEOUT_MS = 120_000;
+
+test('a revoked device is thrown out of its meeting within 1 s and loses its session (admin page and CLI)', { timeout: TIMEOUT_MS }, async (t) => {
   await withResources(async (res) => {
     const server = await startServer(res);
     const { origin, dataDir } = server;
@@ -58,10 +62,11 @@ test('a revoked device is thrown out of its meeting within 1 s and loses its ses
     await enrol(A, server.firstAdminLink(), { expectName: 'Administrator' });
     const bobAdd = await cli(dataDir, ['user', 'add', 'bob', '--role', 'member', '--display-name', 'Bob Member']);
     const meeting = await cli(dataDir, ['meeting', 'create', '--title', 'Standup', '--level', 'open', '--invite', 'bob', '--host', 'admin']);
+    cliLink(server, meeting.url);
     const B = await newUser(res, browser, 'bob');
-    const bobMe = await enrol(B, onServer(server, bobAdd.enrolment_url), { expectName: 'Bob Member', deviceName: 'Bob first laptop' });
+    const bobMe = await enrol(B, cliLink(server, bobAdd.enrolment_url), { expectName: 'Bob Member', deviceName: 'Bob first laptop' });
 
-    // The admin hosts the meeting (so someone sees bob leave) and bob is in it.
+    // bob is in the meeting the admin hosts.
     await A.page.goto(`${origin}/m/${meeting.id}`);
     await meetingState(A.page, 'admitted').waitFor();
     await bobInMeeting(B, origin, meeting.id);
@@ -98,11 +103,11 @@ test('a revoked device is thrown out of its meeting within 1 s and loses its ses
     assert.equal(relog.json.code, 'device_revoked');
     log('admin-page revocation: refused, 401, relogin refused');
 
-    // --- 2. The same through the CLI against the running server.
+    // --- 2. The same through the CLI against the running server (DB + admin socket).
     // bob enrols a second device (a fresh passkey in the same context) and rejoins.
     const again = await cli(dataDir, ['user', 'enrol', 'bob']);
     await B.cdp.send('WebAuthn.clearCredentials', { authenticatorId: B.authenticatorId });
-    const bobMe2 = await enrol(B, onServer(server, again.enrolment_url), { expectName: 'Bob Member', deviceName: 'Bob second laptop' });
+    const bobMe2 = await enrol(B, cliLink(server, again.enrolment_url), { expectName: 'Bob Member', deviceName: 'Bob second laptop' });
     assert.notEqual(bobMe2.device_id, bobMe.device_id);
     await A.page.goto(`${origin}/m/${meeting.id}`);
     await meetingState(A.page, 'admitted').waitFor();
@@ -110,7 +115,9 @@ test('a revoked device is thrown out of its meeting within 1 s and loses its ses
     await A.page.locator('[data-testid=participant][data-user=bob]').waitFor();
     await armRevocationClock(B.page);
     const cliStart = Date.now();
-    const out = await cli(dataDir, ['device', 'revoke', bobMe2.device_id]);
+    // `--`: ids are base64url and one in 64 starts with '-', which clap takes for a flag
+    // (reported: `sealroom device revoke -xyz…` fails with "unexpected argument").
+    const out = await cli(dataDir, ['device', 'revoke', '--', bobMe2.device_id]);
     const cliEnd = Date.now();
     assert.equal(out.revoked, true);
     assert.equal(out.changed, true);
@@ -118,7 +125,7 @@ test('a revoked device is thrown out of its meeting within 1 s and loses its ses
     const t2 = await revokedAt(B.page);
     log(`CLI revoke: process ran ${cliEnd - cliStart} ms; device_revoked shown ${t2 - cliStart} ms after start, ${t2 - cliEnd} ms after exit`);
     t.diagnostic(`revocation latency (CLI start → device_revoked shown): ${t2 - cliStart} ms (the CLI process itself ran ${cliEnd - cliStart} ms)`);
-    assert.ok(t2 - cliEnd <= LIMIT_MS, `device_revoked shown ${t2 - cliEnd} ms after the CLI returned (limit ${LIMIT_MS})`);
+    assert.ok(t2 - cliStart <= LIMIT_MS, `device_revoked shown ${t2 - cliStart} ms after the CLI started (limit ${LIMIT_MS})`);
     assert.equal(await tid(B.page, 'meeting-state').getAttribute('data-state'), 'refused');
     await tid(B.page, 'connection-closed').waitFor();
     const me2 = await apiFetch(B.page, 'GET', '/api/me');
@@ -132,5 +139,5 @@ test('a revoked device is thrown out of its meeting within 1 s and loses its ses
     log('CLI revocation: refused, 401');
 
     assertClean(A, B);
-  });
+  }, { deadlineMs: TIMEOUT_MS - 10_000 });
 });

@@ -110,9 +110,24 @@ export type Participant = {
  */
 id: string, user_name: string, display_name: string, device_name: string, device_kind: DeviceKind, 
 /**
- * The network zone that satisfied the level (for example `198.18.1.0/24`, or `any`).
+ * The network zone that satisfied the level (for example `198.18.1.0/24`, `loopback`, or
+ * `other (no configured range)` at the `open` level).
  */
-network: string, host: boolean, };
+network: string, host: boolean, 
+/**
+ * What this participant says it sends (shown as text next to the tile).
+ */
+audio_muted: boolean, video_muted: boolean, screen: boolean, 
+/**
+ * Its media transport is connected (DTLS-SRTP up).
+ */
+media_connected: boolean, };
+
+export type Source = "microphone" | "camera" | "screen" | "screen_audio";
+
+export type MediaSource = { mid: string, source: Source, };
+
+export type RemoteTrack = { mid: string, participant_id: string, source: Source, };
 
 export type LobbyEntry = { id: string, user_name: string, display_name: string, device_name: string, device_kind: DeviceKind, 
 /**
@@ -120,14 +135,14 @@ export type LobbyEntry = { id: string, user_name: string, display_name: string, 
  */
 network: string, };
 
-export type RefusalReason = "not_found" | "device_revoked" | "device_kind_not_allowed" | "device_not_approved" | "network_not_allowed" | "too_early" | "too_late" | "locked" | "full" | "refused_by_host" | "removed_by_host" | "rate_limited" | "session_ended";
+export type RefusalReason = "not_found" | "device_revoked" | "device_kind_not_allowed" | "device_not_approved" | "network_not_allowed" | "too_early" | "too_late" | "locked" | "full" | "refused_by_host" | "removed_by_host" | "rate_limited" | "session_ended" | "media_failed";
 
-export type ClientMsg = { "type": "join", meeting_id: string, } | { "type": "leave" } | { "type": "admit", participant_id: string, } | { "type": "refuse", participant_id: string, } | { "type": "remove", participant_id: string, } | { "type": "lock", locked: boolean, } | { "type": "ping" };
+export type ClientMsg = { "type": "join", meeting_id: string, } | { "type": "leave" } | { "type": "admit", participant_id: string, } | { "type": "refuse", participant_id: string, } | { "type": "remove", participant_id: string, } | { "type": "lock", locked: boolean, } | { "type": "media_offer", sdp: string, sources: Array<MediaSource>, } | { "type": "media_answer", sdp: string, } | { "type": "media_state", audio_muted: boolean, video_muted: boolean, screen: boolean, } | { "type": "ping" };
 
 export type SocketState = "unauthenticated" | "authenticated" | "lobby" | "admitted";
 
 export type MeetingInfo = { id: string, title: string, level: Level, locked: boolean, lobby: boolean, capacity: number, };
 
-export type ServerMsg = { "type": "hello", state: SocketState, } | { "type": "refused", reason: RefusalReason, message: string, } | { "type": "lobby" } | { "type": "admitted", meeting: MeetingInfo, you: string, host: boolean, participants: Array<Participant>, } | { "type": "participants", participants: Array<Participant>, } | { "type": "lobby_update", waiting: Array<LobbyEntry>, } | { "type": "meeting_update", meeting: MeetingInfo, } | { "type": "left" } | { "type": "device_added", user_name: string, device_name: string, device_kind: DeviceKind, } | { "type": "error", code: string, message: string, } | { "type": "pong" };
+export type ServerMsg = { "type": "hello", state: SocketState, } | { "type": "refused", reason: RefusalReason, message: string, } | { "type": "lobby" } | { "type": "admitted", meeting: MeetingInfo, you: string, host: boolean, participants: Array<Participant>, } | { "type": "participants", participants: Array<Participant>, } | { "type": "lobby_update", waiting: Array<LobbyEntry>, } | { "type": "meeting_update", meeting: MeetingInfo, } | { "type": "left" } | { "type": "media_answer", sdp: string, } | { "type": "media_offer", sdp: string, } | { "type": "media_tracks", tracks: Array<RemoteTrack>, } | { "type": "device_added", user_name: string, device_name: string, device_kind: DeviceKind, } | { "type": "error", code: string, message: string, } | { "type": "pong" };
 
-export const MAX_WS_MESSAGE = 16384;
+export const MAX_WS_MESSAGE = 65536;

@@ -42,7 +42,7 @@ impl Zone {
             Zone::Denied => "denied".into(),
             Zone::Range(net) => net.to_string(),
             Zone::Loopback { .. } => "loopback".into(),
-            Zone::Other => "any".into(),
+            Zone::Other => "other (no configured range)".into(),
         }
     }
 }

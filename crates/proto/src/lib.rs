@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use ts_rs::TS;
 
 /// Largest WebSocket text message the server accepts, in bytes.
-pub const MAX_WS_MESSAGE: usize = 16 * 1024;
+pub const MAX_WS_MESSAGE: usize = 64 * 1024;
 
 /// A person's role. Admins manage users and devices; organisers create meetings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, TS)]
@@ -325,9 +325,42 @@ pub struct Participant {
     pub display_name: String,
     pub device_name: String,
     pub device_kind: DeviceKind,
-    /// The network zone that satisfied the level (for example `198.18.1.0/24`, or `any`).
+    /// The network zone that satisfied the level (for example `198.18.1.0/24`, `loopback`, or
+    /// `other (no configured range)` at the `open` level).
     pub network: String,
     pub host: bool,
+    /// What this participant says it sends (shown as text next to the tile).
+    pub audio_muted: bool,
+    pub video_muted: bool,
+    pub screen: bool,
+    /// Its media transport is connected (DTLS-SRTP up).
+    pub media_connected: bool,
+}
+
+/// Where a published track comes from (also the SFrame context id of the E2EE issue).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, TS)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Microphone,
+    Camera,
+    Screen,
+    ScreenAudio,
+}
+
+/// A sender's transceiver and what it carries.
+#[derive(Debug, Clone, Serialize, Deserialize, TS)]
+#[serde(deny_unknown_fields)]
+pub struct MediaSource {
+    pub mid: String,
+    pub source: Source,
+}
+
+/// A track a subscriber receives: which of its transceivers (mid) carries whose source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
+pub struct RemoteTrack {
+    pub mid: String,
+    pub participant_id: String,
+    pub source: Source,
 }
 
 /// Someone waiting in the lobby, as hosts see them.
@@ -360,6 +393,8 @@ pub enum RefusalReason {
     RemovedByHost,
     RateLimited,
     SessionEnded,
+    /// The media path failed or came from a network the level does not allow.
+    MediaFailed,
 }
 
 impl RefusalReason {
@@ -378,6 +413,7 @@ impl RefusalReason {
             RefusalReason::RemovedByHost => "removed_by_host",
             RefusalReason::RateLimited => "rate_limited",
             RefusalReason::SessionEnded => "session_ended",
+            RefusalReason::MediaFailed => "media_failed",
         }
     }
 
@@ -403,6 +439,9 @@ impl RefusalReason {
             RefusalReason::RemovedByHost => "A host removed you from the meeting.",
             RefusalReason::RateLimited => "Too many attempts. Wait a moment and try again.",
             RefusalReason::SessionEnded => "Your session has ended. Log in again.",
+            RefusalReason::MediaFailed => {
+                "Your media connection failed or came from a network this meeting does not allow."
+            }
         }
     }
 }
@@ -433,6 +472,22 @@ pub enum ClientMsg {
     Lock {
         locked: bool,
     },
+    /// Admitted: an SDP offer for the media transport (first, renegotiation, ICE restart),
+    /// with what each sending transceiver carries. Answered by `media_answer`.
+    MediaOffer {
+        sdp: String,
+        sources: Vec<MediaSource>,
+    },
+    /// Admitted: the answer to a server `media_offer`.
+    MediaAnswer {
+        sdp: String,
+    },
+    /// Admitted: what this participant currently sends.
+    MediaState {
+        audio_muted: bool,
+        video_muted: bool,
+        screen: bool,
+    },
     Ping,
 }
 
@@ -445,6 +500,9 @@ impl ClientMsg {
             ClientMsg::Refuse { .. } => "refuse",
             ClientMsg::Remove { .. } => "remove",
             ClientMsg::Lock { .. } => "lock",
+            ClientMsg::MediaOffer { .. } => "media_offer",
+            ClientMsg::MediaAnswer { .. } => "media_answer",
+            ClientMsg::MediaState { .. } => "media_state",
             ClientMsg::Ping => "ping",
         }
     }
@@ -507,6 +565,18 @@ pub enum ServerMsg {
     },
     /// Left the meeting at the client's request.
     Left,
+    /// The SFU's answer to the client's `media_offer`.
+    MediaAnswer {
+        sdp: String,
+    },
+    /// The SFU offers a renegotiation (tracks added or removed); answer with `media_answer`.
+    MediaOffer {
+        sdp: String,
+    },
+    /// Every track this client receives, by its transceiver mid.
+    MediaTracks {
+        tracks: Vec<RemoteTrack>,
+    },
     /// A new device was enrolled for this user (sent to their other devices) or for anyone
     /// (sent to admins).
     DeviceAdded {

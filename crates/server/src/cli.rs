@@ -97,9 +97,13 @@ enum UserCmd {
 #[derive(Debug, Subcommand)]
 enum DeviceCmd {
     /// Revoke a device: ends its sessions and closes its sockets at once.
-    Revoke { id: String },
+    Revoke {
+        #[arg(allow_hyphen_values = true)]
+        id: String,
+    },
     /// Approve (or with --no, withdraw approval of) a device for restricted meetings.
     Approve {
+        #[arg(allow_hyphen_values = true)]
         id: String,
         #[arg(long)]
         no: bool,
@@ -135,9 +139,15 @@ enum MeetingCmd {
     /// List meetings.
     List,
     /// Lock a meeting (no new joins).
-    Lock { id: String },
+    Lock {
+        #[arg(allow_hyphen_values = true)]
+        id: String,
+    },
     /// Unlock a meeting.
-    Unlock { id: String },
+    Unlock {
+        #[arg(allow_hyphen_values = true)]
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -146,7 +156,7 @@ enum AuditCmd {
     Verify,
     /// Print the log (for investigators); optionally only entries about one meeting.
     Show {
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         meeting: Option<String>,
     },
 }

@@ -48,6 +48,12 @@ pub struct ServeArgs {
     /// Name of the first admin created on an empty database. [default: admin]
     #[arg(long, env = "SEALROOM_FIRST_ADMIN")]
     pub first_admin: Option<String>,
+    /// UDP address for media (ICE, DTLS-SRTP). [default: the listen address's IP and port]
+    #[arg(long, env = "SEALROOM_MEDIA_LISTEN")]
+    pub media_listen: Option<SocketAddr>,
+    /// Address clients send media to, if not the media listen address (1:1 NAT in front).
+    #[arg(long, env = "SEALROOM_MEDIA_ADVERTISE")]
+    pub media_advertise: Option<SocketAddr>,
     /// Address ranges (CIDR, comma-separated) from which `internal` meetings may be joined.
     #[arg(long, env = "SEALROOM_INTERNAL_NETWORKS", value_delimiter = ',')]
     pub internal_networks: Option<Vec<ipnet::IpNet>>,
@@ -108,6 +114,8 @@ impl Default for RateLimits {
 #[serde(deny_unknown_fields, default)]
 pub struct FileConfig {
     pub listen: Option<SocketAddr>,
+    pub media_listen: Option<SocketAddr>,
+    pub media_advertise: Option<SocketAddr>,
     pub public_url: Option<String>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -179,6 +187,8 @@ pub enum Tls {
 pub struct Config {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
+    pub media_listen: SocketAddr,
+    pub media_advertise: Option<SocketAddr>,
     /// Set explicitly; otherwise derived from the bound address at start.
     pub public_url: Option<String>,
     pub tls: Tls,
@@ -292,6 +302,8 @@ impl Config {
         let cfg = Config {
             data_dir: data.data_dir.clone(),
             listen,
+            media_listen: flags.media_listen.or(file.media_listen).unwrap_or(listen),
+            media_advertise: flags.media_advertise.or(file.media_advertise),
             public_url,
             tls,
             first_admin: flags

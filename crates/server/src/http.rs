@@ -221,11 +221,18 @@ pub fn clear_session_cookie() -> HeaderValue {
 /// Host check (421), Origin check on state-changing requests and the WebSocket (403),
 /// JSON-only bodies (415), and security headers on every response.
 async fn edge(State(app): State<AppRef>, req: Request, next: Next) -> Response {
-    let host_ok = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .is_some_and(|h| h.eq_ignore_ascii_case(&app.host));
+    // HTTP/1.1 names the host in `Host`; HTTP/2 in the `:authority` pseudo-header (the URI).
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        });
+    let host_ok = host.is_some_and(|h| h.eq_ignore_ascii_case(&app.host));
     if !host_ok {
         return (
             StatusCode::MISDIRECTED_REQUEST,

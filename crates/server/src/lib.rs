@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod live;
+pub mod media;
 pub mod ops;
 pub mod server;
 pub mod state;

@@ -46,6 +46,8 @@ struct Member {
 
 #[derive(Debug, Default)]
 struct Room {
+    /// The SFU room of this meeting.
+    sfu_room: u64,
     info: Option<MeetingInfo>,
     admitted: Vec<Member>,
     lobby: Vec<Member>,
@@ -54,6 +56,7 @@ struct Room {
 #[derive(Debug, Default)]
 struct Inner {
     next_socket: SocketId,
+    next_room: u64,
     sockets: HashMap<SocketId, SocketHandle>,
     rooms: HashMap<String, Room>,
 }
@@ -62,6 +65,8 @@ struct Inner {
 #[derive(Debug, Default)]
 pub struct Hub {
     inner: Mutex<Inner>,
+    /// The media edge: every way out of a meeting removes the socket's transport here.
+    media: std::sync::OnceLock<crate::media::MediaHandle>,
 }
 
 /// A member found by a host action.
@@ -74,6 +79,58 @@ pub struct Found {
 }
 
 impl Hub {
+    /// `user:<name>/device:<id>` of an admitted socket, for the audit log.
+    pub fn socket_actor(&self, socket: SocketId) -> Option<String> {
+        let g = self.lock();
+        let h = g.sockets.get(&socket)?;
+        let name = g
+            .rooms
+            .values()
+            .flat_map(|r| r.admitted.iter())
+            .find(|m| m.socket == socket)?
+            .participant
+            .user_name
+            .clone();
+        Some(format!("user:{name}/device:{}", h.device_id))
+    }
+
+    pub fn set_media(&self, media: crate::media::MediaHandle) {
+        let _ = self.media.set(media);
+    }
+
+    pub fn media(&self) -> Option<&crate::media::MediaHandle> {
+        self.media.get()
+    }
+
+    /// The SFU room and level of the meeting an admitted socket is in.
+    pub fn media_room(&self, socket: SocketId) -> Option<(u64, MeetingInfo)> {
+        let g = self.lock();
+        g.rooms.values().find_map(|r| {
+            r.admitted
+                .iter()
+                .any(|m| m.socket == socket)
+                .then(|| r.info.clone().map(|i| (r.sfu_room, i)))
+                .flatten()
+        })
+    }
+
+    /// Update what a participant says it sends, or its transport state; everyone is told.
+    pub fn update_participant(&self, socket: SocketId, f: impl FnOnce(&mut Participant)) {
+        let mut guard = self.lock();
+        let g = &mut *guard;
+        let mut changed = None;
+        for (id, room) in g.rooms.iter_mut() {
+            if let Some(m) = room.admitted.iter_mut().find(|m| m.socket == socket) {
+                f(&mut m.participant);
+                changed = Some(id.clone());
+                break;
+            }
+        }
+        if let Some(id) = changed {
+            broadcast_participants(g, &id);
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock would be a bug in this file; recover the data anyway
         // rather than take the whole server down.
@@ -91,6 +148,7 @@ impl Hub {
     /// Update the session a socket belongs to (after a login on an open socket is not
     /// supported; this exists for unauthenticated sockets, which are not registered).
     pub fn unregister(&self, socket: SocketId) {
+        self.drop_media(socket);
         let mut g = self.lock();
         g.sockets.remove(&socket);
         let rooms: Vec<String> = g.rooms.keys().cloned().collect();
@@ -134,6 +192,9 @@ impl Hub {
             })
             .unwrap_or_default();
         for s in old {
+            if let Some(m) = self.media.get() {
+                m.remove(s);
+            }
             if let Some(h) = g.sockets.get(&s) {
                 let _ = h.tx.send(Notice::Ended(RefusalReason::SessionEnded));
             }
@@ -151,7 +212,7 @@ impl Hub {
         lobby: LobbyEntry,
     ) {
         let mut g = self.lock();
-        let room = g.rooms.entry(meeting_id.to_string()).or_default();
+        let room = room_entry(&mut g, meeting_id);
         room.lobby.push(Member {
             socket,
             participant,
@@ -173,7 +234,7 @@ impl Hub {
         lobby: LobbyEntry,
     ) -> Vec<Participant> {
         let mut g = self.lock();
-        let room = g.rooms.entry(meeting_id.to_string()).or_default();
+        let room = room_entry(&mut g, meeting_id);
         room.info = Some(info);
         room.lobby.retain(|m| m.socket != socket);
         room.admitted.push(Member {
@@ -219,8 +280,16 @@ impl Hub {
 
     /// Take a socket out of a meeting (leave, removal, refusal); others are told.
     pub fn leave(&self, meeting_id: &str, socket: SocketId) {
+        self.drop_media(socket);
         let mut g = self.lock();
         remove_from_room(&mut g, meeting_id, socket);
+    }
+
+    /// Tear down a socket's media transport (idempotent).
+    pub fn drop_media(&self, socket: SocketId) {
+        if let Some(m) = self.media.get() {
+            m.remove(socket);
+        }
     }
 
     pub fn send(&self, socket: SocketId, notice: Notice) {
@@ -268,7 +337,11 @@ impl Hub {
     fn close_where(&self, reason: RefusalReason, pred: impl Fn(&SocketHandle) -> bool) -> usize {
         let g = self.lock();
         let mut n = 0;
-        for h in g.sockets.values().filter(|h| pred(h)) {
+        for (id, h) in g.sockets.iter().filter(|(_, h)| pred(h)) {
+            // Media stops at the decision, before the socket task even wakes up.
+            if let Some(m) = self.media.get() {
+                m.remove(*id);
+            }
             let _ = h.tx.send(Notice::Close(reason));
             n += 1;
         }
@@ -314,6 +387,21 @@ impl Hub {
             })
             .unwrap_or_default()
     }
+}
+
+fn room_entry<'a>(g: &'a mut Inner, meeting_id: &str) -> &'a mut Room {
+    if !g.rooms.contains_key(meeting_id) {
+        g.next_room += 1;
+        let sfu_room = g.next_room;
+        g.rooms.insert(
+            meeting_id.to_string(),
+            Room {
+                sfu_room,
+                ..Room::default()
+            },
+        );
+    }
+    g.rooms.get_mut(meeting_id).expect("inserted above")
 }
 
 fn found(g: &Inner, m: &Member) -> Option<Found> {

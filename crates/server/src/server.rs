@@ -16,6 +16,8 @@ use tokio::task::JoinHandle;
 /// A running server.
 pub struct Running {
     pub addr: SocketAddr,
+    /// Where clients send media (UDP).
+    pub media_addr: SocketAddr,
     pub origin: String,
     pub app: AppRef,
     /// The first-admin enrolment link, when the database had no admin.
@@ -120,6 +122,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         config,
     });
 
+    let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let media = crate::media::start(
+        app.config.media_listen,
+        app.config.media_advertise,
+        events_tx,
+    )
+    .await
+    .context("starting media (UDP)")?;
+    let media_addr = media.advertised;
+    app.hub.set_media(media);
+    tokio::spawn(route_media_events(app.clone(), events_rx));
+
     let (first_admin_link, first_admin_file) = first_admin(&app).await?;
     // The CLI prints links with the origin of the running server.
     std::fs::write(app.config.data_dir.join("origin"), &app.origin)?;
@@ -140,6 +154,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     };
     Ok(Running {
         addr,
+        media_addr,
         origin,
         app,
         first_admin_link,
@@ -210,4 +225,75 @@ async fn first_admin(app: &AppRef) -> anyhow::Result<(Option<String>, Option<Pat
     let file = app.config.data_dir.join("first-admin-link.txt");
     write_private(&file, format!("{}\n", link.url).as_bytes())?;
     Ok((Some(link.url), Some(file)))
+}
+
+/// Act on what the media edge reports: signaling to the participant, transport state in the
+/// roster, and the network rule re-checked on every media path (DESIGN.md T1).
+async fn route_media_events(
+    app: AppRef,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<(u64, crate::media::MediaEvent)>,
+) {
+    use crate::live::Notice;
+    use crate::media::MediaEvent;
+    use sealroom_proto::{RefusalReason, ServerMsg};
+    while let Some((socket, event)) = rx.recv().await {
+        match event {
+            MediaEvent::Offer(sdp) => app
+                .hub
+                .send(socket, Notice::Send(ServerMsg::MediaOffer { sdp })),
+            MediaEvent::Tracks(tracks) => app
+                .hub
+                .send(socket, Notice::Send(ServerMsg::MediaTracks { tracks })),
+            MediaEvent::Connected => app
+                .hub
+                .update_participant(socket, |p| p.media_connected = true),
+            MediaEvent::Path(remote) => {
+                let Some((_, info)) = app.hub.media_room(socket) else {
+                    continue;
+                };
+                let zone = app.config.networks.zone_for(remote.ip());
+                let allowed =
+                    sealroom_policy::zone_allowed(app.config.levels.rules(info.level), &zone);
+                let who = app.hub.socket_actor(socket).unwrap_or_default();
+                let entry = app.entry(
+                    if allowed {
+                        "media.path"
+                    } else {
+                        "media.path_refused"
+                    },
+                    &who,
+                    &format!("meeting:{}", info.id),
+                    &remote.ip().to_string(),
+                    serde_json::json!({"zone": zone.label(), "level": info.level.as_str()}),
+                );
+                if let Err(e) = app.audit_alone(entry).await {
+                    tracing::error!(%e, "audit of a media path failed; ending that media session");
+                    app.hub.drop_media(socket);
+                    app.hub
+                        .send(socket, Notice::Ended(RefusalReason::MediaFailed));
+                    continue;
+                }
+                if !allowed {
+                    app.hub.drop_media(socket);
+                    app.hub
+                        .send(socket, Notice::Ended(RefusalReason::MediaFailed));
+                }
+            }
+            MediaEvent::Ended(reason) => {
+                if let Some((_, info)) = app.hub.media_room(socket) {
+                    let who = app.hub.socket_actor(socket).unwrap_or_default();
+                    let entry = app.entry(
+                        "media.ended",
+                        &who,
+                        &format!("meeting:{}", info.id),
+                        "",
+                        serde_json::json!({"reason": reason}),
+                    );
+                    let _ = app.audit_alone(entry).await;
+                    app.hub
+                        .send(socket, Notice::Ended(RefusalReason::MediaFailed));
+                }
+            }
+        }
+    }
 }

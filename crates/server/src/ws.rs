@@ -29,8 +29,8 @@ pub async fn upgrade(
         None => None,
     };
     Ok(ws
-        .max_message_size(64 * 1024)
-        .max_frame_size(64 * 1024)
+        .max_message_size(256 * 1024)
+        .max_frame_size(256 * 1024)
         .on_upgrade(move |socket| async move {
             let mut s = Socket::new(app, ip, authed);
             s.run(socket).await;
@@ -104,6 +104,12 @@ impl Socket {
                 true
             }
             (SocketState::Lobby | SocketState::Admitted, ClientMsg::Leave) => true,
+            (
+                SocketState::Admitted,
+                ClientMsg::MediaOffer { .. }
+                | ClientMsg::MediaAnswer { .. }
+                | ClientMsg::MediaState { .. },
+            ) => true,
             (
                 SocketState::Admitted,
                 ClientMsg::Admit { .. }
@@ -334,6 +340,22 @@ impl Socket {
             ClientMsg::Refuse { participant_id } => self.host_refuse(ws, &participant_id).await,
             ClientMsg::Remove { participant_id } => self.host_remove(ws, &participant_id).await,
             ClientMsg::Lock { locked } => self.host_lock(&locked).await,
+            ClientMsg::MediaOffer { sdp, sources } => self.media_offer(ws, sdp, sources).await,
+            ClientMsg::MediaAnswer { sdp } => self.media_answer(ws, sdp).await,
+            ClientMsg::MediaState {
+                audio_muted,
+                video_muted,
+                screen,
+            } => {
+                if let Some(id) = self.id {
+                    self.app.hub.update_participant(id, |p| {
+                        p.audio_muted = audio_muted;
+                        p.video_muted = video_muted;
+                        p.screen = screen;
+                    });
+                }
+                Ok(Flow::Continue)
+            }
         };
         match result {
             Ok(flow) => flow,
@@ -488,6 +510,10 @@ impl Socket {
             device_kind: a.device.kind(),
             network: zone.label(),
             host,
+            audio_muted: false,
+            video_muted: false,
+            screen: false,
+            media_connected: false,
         };
         let lobby_entry = LobbyEntry {
             id: participant.id.clone(),
@@ -555,6 +581,86 @@ impl Socket {
             participant,
             admitted,
         });
+        Ok(Flow::Continue)
+    }
+
+    /// The client's offer: on the first one the SFU adds the participant with the level's
+    /// network rule at its demux and the level's header-extension policy.
+    async fn media_offer(
+        &mut self,
+        ws: &mut WebSocket,
+        sdp: String,
+        sources: Vec<MediaSource>,
+    ) -> ApiResult<Flow> {
+        let socket = self.id.ok_or(Error::Forbidden)?;
+        if sources.len() > 8 || sources.iter().any(|s| s.mid.is_empty() || s.mid.len() > 32) {
+            send(
+                ws,
+                &error(
+                    "bad_sources",
+                    "At most 8 sources, each with a mid of 1 to 32 characters.",
+                ),
+            )
+            .await
+            .ok();
+            return Ok(Flow::Continue);
+        }
+        let app = self.app.clone();
+        let media = app
+            .hub
+            .media()
+            .ok_or_else(|| Error::Internal("media is not running".into()))?;
+        let (room, info) = app.hub.media_room(socket).ok_or(Error::Forbidden)?;
+        let participant_id = self
+            .current
+            .as_ref()
+            .map(|c| c.participant.id.clone())
+            .ok_or(Error::Forbidden)?;
+        let rules = app.config.levels.rules(info.level).clone();
+        let networks = app.config.networks.clone();
+        let join = crate::media::Join {
+            room,
+            participant_id,
+            // Active speaker is computed on clients at internal and restricted (DESIGN §7).
+            audio_level: info.level == Level::Open,
+            filter: std::sync::Arc::new(move |addr: std::net::SocketAddr| {
+                sealroom_policy::zone_allowed(&rules, &networks.zone_for(addr.ip()))
+            }),
+        };
+        let sources = sources.into_iter().map(|s| (s.mid, s.source)).collect();
+        match media.offer(socket, Some(join), sdp, sources).await {
+            Ok(answer) => send(ws, &ServerMsg::MediaAnswer { sdp: answer }).await.ok(),
+            Err(e) => send(
+                ws,
+                &error(
+                    "media_refused",
+                    &format!("The media offer was refused: {e}"),
+                ),
+            )
+            .await
+            .ok(),
+        };
+        Ok(Flow::Continue)
+    }
+
+    async fn media_answer(&mut self, ws: &mut WebSocket, sdp: String) -> ApiResult<Flow> {
+        let socket = self.id.ok_or(Error::Forbidden)?;
+        let media = self
+            .app
+            .hub
+            .media()
+            .ok_or_else(|| Error::Internal("media is not running".into()))?;
+        if let Err(e) = media.answer(socket, sdp).await {
+            send(
+                ws,
+                &error(
+                    "media_refused",
+                    &format!("The media answer was refused: {e}"),
+                ),
+            )
+            .await
+            .ok();
+        }
         Ok(Flow::Continue)
     }
 

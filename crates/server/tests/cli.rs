@@ -158,6 +158,14 @@ async fn json_commands_for_scripts() {
     assert_eq!(row["level"], "restricted");
     assert_eq!(row["hosts"], json!(["olga"]));
 
+    // Ids are url-safe base64 and may start with '-': they are never taken for flags.
+    let out = s.cli(&["device", "revoke", "-wLKo4Wl7tSzdJeAClUGnQ"]).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not found") && !err.contains("unexpected argument"),
+        "{err}"
+    );
     let lock = parse(&s.cli(&["--json", "meeting", "lock", &id]).await);
     assert_eq!(lock["locked"], true);
     assert_eq!(lock["server_notified"], true);

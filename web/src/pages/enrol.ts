@@ -54,7 +54,7 @@ export async function enrolPage(ctx: PageContext): Promise<void> {
     testid: 'device-name',
     name: 'device_name',
     required: true,
-    maxlength: '100',
+    maxlength: '64',
     autocomplete: 'off',
     value: defaultDeviceName(),
   });
