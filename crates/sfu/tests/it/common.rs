@@ -1,4 +1,4 @@
-//! A virtual world: str0m clients, the SFU core and a seeded lossy network, all on one
+//! A virtual world (addresses from the 198.18.0.0/15 benchmark range, never on a wire): str0m clients, the SFU core and a seeded lossy network, all on one
 //! virtual clock. Nothing here touches a socket or the real clock (except the start instant).
 
 use std::cmp::Reverse;
@@ -29,14 +29,14 @@ pub fn seed(test: &str) -> u64 {
     seed
 }
 
-pub const SFU_ADDR: &str = "10.0.0.1:5000";
+pub const SFU_ADDR: &str = "198.18.0.1:5000";
 
 pub fn sfu_addr() -> SocketAddr {
     SFU_ADDR.parse().expect("constant address")
 }
 
 pub fn client_addr(i: usize) -> SocketAddr {
-    format!("10.0.1.{}:6000", i + 1)
+    format!("198.18.1.{}:6000", i + 1)
         .parse()
         .expect("constant address")
 }
