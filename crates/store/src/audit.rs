@@ -196,7 +196,7 @@ pub struct VerifyReport {
 pub enum VerifyError {
     /// Sequence numbers are not 1, 2, 3, ...: an entry was deleted or inserted.
     #[error(
-        "entry {found}: expected sequence number {expected} (an entry is missing or was inserted)"
+        "entry {expected}: missing (the next entry present is {found}): deleted, or entries inserted"
     )]
     Gap { expected: i64, found: i64 },
     /// The entry's stored previous hash is not the hash of the entry before it.
