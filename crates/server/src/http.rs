@@ -292,7 +292,7 @@ async fn edge(State(app): State<AppRef>, req: Request, next: Next) -> Response {
             "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
              connect-src 'self'; media-src 'self' blob:; worker-src 'self'; object-src 'none'; \
              base-uri 'none'; form-action 'self'; frame-ancestors 'none'; \
-             require-trusted-types-for 'script'; trusted-types 'none'",
+             require-trusted-types-for 'script'; trusted-types sealroom-worker",
         ),
     );
     h.insert(

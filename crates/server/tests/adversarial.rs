@@ -295,6 +295,8 @@ async fn responses_carry_security_headers_and_the_cookie_is_locked_down() {
         "frame-ancestors 'none'",
         "require-trusted-types-for 'script'",
         "object-src 'none'",
+        // One Trusted Types policy, for the bundled media-transform worker URL.
+        "trusted-types sealroom-worker",
     ] {
         assert!(csp.contains(part), "CSP lacks {part}: {csp}");
     }
