@@ -1,12 +1,14 @@
 //! The native sealroom client: enrols a software (Ed25519) device from an enrolment link, logs
 //! in by signing the server's challenge, and speaks the signaling WebSocket — the same
-//! admission path a browser takes. Bots, load generators and tests use it; media (str0m)
-//! joins it with the calls issue.
+//! admission path a browser takes. Bots, load generators and tests use it; [`media`] adds a
+//! str0m media session that publishes synthetic audio and video and counts what it receives.
 //!
 //! It never trusts the server with its key: the key file stays on this machine (mode 0600)
 //! and only signatures over domain-separated challenges leave it.
 
 #![forbid(unsafe_code)]
+
+pub mod media;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -427,6 +429,22 @@ impl Signaling {
                 return Ok(None);
             };
             match m {
+                None | Some(Ok(Message::Close(_))) | Some(Err(_)) => return Ok(None),
+                Some(Ok(Message::Text(t))) => {
+                    return serde_json::from_str(t.as_str())
+                        .map(Some)
+                        .map_err(|e| Error::Protocol(format!("{e}: {t}")))
+                }
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// The next server message, however long it takes; `None` when the socket closed.
+    /// Cancel-safe: a message is taken from the socket only when it is returned.
+    pub async fn recv(&mut self) -> Result<Option<ServerMsg>> {
+        loop {
+            match self.stream.next().await {
                 None | Some(Ok(Message::Close(_))) | Some(Err(_)) => return Ok(None),
                 Some(Ok(Message::Text(t))) => {
                     return serde_json::from_str(t.as_str())

@@ -72,6 +72,16 @@ enum ClientCmd {
         /// Stay this many seconds after the join decision, printing events (0: leave at once).
         #[arg(long, default_value_t = 0)]
         stay: u64,
+        /// Once admitted, publish synthetic audio (Opus) and video (VP8) and receive the
+        /// others' for --stay seconds; then print what arrived from whom.
+        #[arg(long)]
+        media: bool,
+        /// With --media: send the video as three simulcast layers.
+        #[arg(long, requires = "media")]
+        simulcast: bool,
+        /// With --media: local UDP address for media (advertised as the ICE host candidate).
+        #[arg(long, default_value = "127.0.0.1:0", requires = "media")]
+        media_bind: std::net::SocketAddr,
     },
 }
 
@@ -544,7 +554,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 async fn client(cmd: ClientCmd, json_out: bool) -> anyhow::Result<ExitCode> {
+    use sealroom_client::media::{MediaOptions, MediaSession};
     use sealroom_client::{parse_enrolment_link, parse_meeting, Client, Identity, JoinOutcome};
+    use sealroom_proto::ServerMsg;
     let read_ca = |ca: &Option<std::path::PathBuf>| -> anyhow::Result<Option<Vec<u8>>> {
         Ok(match ca {
             Some(p) => Some(std::fs::read(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?),
@@ -582,6 +594,9 @@ async fn client(cmd: ClientCmd, json_out: bool) -> anyhow::Result<ExitCode> {
             identity,
             ca,
             stay,
+            media,
+            simulcast,
+            media_bind,
         } => {
             let id = Identity::load(&identity)?;
             let (origin, meeting_id) = parse_meeting(&meeting);
@@ -596,6 +611,7 @@ async fn client(cmd: ClientCmd, json_out: bool) -> anyhow::Result<ExitCode> {
             let c = Client::new(&id.origin, read_ca(&ca)?.as_deref())?;
             let session = c.login(&id).await?;
             let mut sig = session.signaling().await?;
+            let since = std::time::Instant::now();
             let outcome = sig.join(&meeting_id).await?;
             let code = match &outcome {
                 JoinOutcome::Admitted {
@@ -643,11 +659,123 @@ async fn client(cmd: ClientCmd, json_out: bool) -> anyhow::Result<ExitCode> {
                 }
             };
             let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(stay);
-            while tokio::time::Instant::now() < deadline {
+            // Who is who, for the media report.
+            let mut names: std::collections::HashMap<String, String> = match &outcome {
+                JoinOutcome::Admitted { participants, .. } => participants
+                    .iter()
+                    .map(|p| (p.id.clone(), p.user_name.clone()))
+                    .collect(),
+                _ => Default::default(),
+            };
+            let mut admitted = matches!(outcome, JoinOutcome::Admitted { .. });
+            // Without --media (or until a host admits us from the lobby): print events.
+            while !(media && admitted) && tokio::time::Instant::now() < deadline {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 match sig.next(left).await? {
-                    Some(m) => println!("{}", serde_json::to_string(&m)?),
+                    Some(m) => {
+                        println!("{}", serde_json::to_string(&m)?);
+                        if let ServerMsg::Admitted { participants, .. } = &m {
+                            admitted = true;
+                            names.extend(
+                                participants
+                                    .iter()
+                                    .map(|p| (p.id.clone(), p.user_name.clone())),
+                            );
+                        }
+                    }
                     None => break,
+                }
+            }
+            if !(media && admitted) {
+                return Ok(code);
+            }
+            let opts = MediaOptions {
+                bind: media_bind,
+                simulcast,
+                since,
+                ..MediaOptions::default()
+            };
+            let mut session = MediaSession::start(sig, opts).await?;
+            while tokio::time::Instant::now() < deadline {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let Some(m) = session.next_event(left).await else {
+                    break;
+                };
+                if let ServerMsg::Participants { participants } = &m {
+                    names.extend(
+                        participants
+                            .iter()
+                            .map(|p| (p.id.clone(), p.user_name.clone())),
+                    );
+                }
+                println!("{}", serde_json::to_string(&m)?);
+            }
+            let (stats, _) = session.stop().await;
+            let ms = |d: Option<std::time::Duration>| d.map(|d| d.as_secs_f64() * 1e3);
+            let mut remote: Vec<(String, Vec<sealroom_client::media::TrackStats>)> = Vec::new();
+            for t in stats.by_source() {
+                match remote.iter_mut().find(|(p, _)| *p == t.participant_id) {
+                    Some((_, v)) => v.push(t),
+                    None => remote.push((t.participant_id.clone(), vec![t])),
+                }
+            }
+            if json_out {
+                let remote: Vec<_> = remote
+                    .iter()
+                    .map(|(pid, ts)| {
+                        json!({
+                            "participant_id": pid,
+                            "user_name": names.get(pid),
+                            "first_frame_ms": ts.iter().filter_map(|t| ms(t.first_frame_after)).reduce(f64::min),
+                            "sources": ts.iter().map(|t| json!({
+                                "source": t.source,
+                                "frames": t.frames,
+                                "bytes": t.bytes,
+                                "first_frame_ms": ms(t.first_frame_after),
+                            })).collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    json!({"media": {
+                        "connected_ms": ms(stats.connected_after),
+                        "first_remote_frame_ms": ms(stats.first_remote_frame_after),
+                        "sent": {"audio_frames": stats.audio_frames_sent, "video_frames": stats.video_frames_sent},
+                        "keyframe_requests": stats.keyframe_requests,
+                        "ended": stats.ended,
+                        "remote": remote,
+                    }})
+                );
+            } else {
+                let secs = |d: Option<std::time::Duration>| {
+                    d.map(|d| format!("{:.3} s", d.as_secs_f64()))
+                        .unwrap_or_else(|| "never".into())
+                };
+                println!(
+                    "media: connected after {}; first remote frame after {} (from join); sent {} audio and {} video frames",
+                    secs(stats.connected_after),
+                    secs(stats.first_remote_frame_after),
+                    stats.audio_frames_sent,
+                    stats.video_frames_sent
+                );
+                if let Some(e) = &stats.ended {
+                    println!("media ended early: {e}");
+                }
+                for (pid, ts) in &remote {
+                    let who = names.get(pid).map(String::as_str).unwrap_or("?");
+                    println!("  from {who} ({pid}):");
+                    for t in ts {
+                        println!(
+                            "    {:<12} {:>6} frames {:>9} bytes, first after {}",
+                            t.source
+                                .map(|s| format!("{s:?}").to_lowercase())
+                                .unwrap_or_else(|| format!("mid {}", t.mid)),
+                            t.frames,
+                            t.bytes,
+                            secs(t.first_frame_after)
+                        );
+                    }
                 }
             }
             Ok(code)

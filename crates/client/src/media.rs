@@ -1,0 +1,797 @@
+//! Media for the native client: one str0m [`Rtc`] on a real UDP socket, driven by one tokio
+//! task that also owns the signaling WebSocket (it is one stream, so one reader).
+//!
+//! The task publishes synthetic media — a looped 1 s Opus tone (microphone) every 20 ms and a
+//! looped 2 s VP8 stream (camera, 320×240) every 33 ms, both pre-encoded by `assets/make.sh` —
+//! answers every renegotiation offer of the SFU, keeps the `media_tracks` mapping, and counts
+//! what it receives per remote participant and source. Signaling messages that are not about
+//! media go to the caller through [`MediaSession::next_event`]; the caller sends through
+//! [`MediaSession::send`].
+//!
+//! The loop is str0m's: drain `poll_output` until it returns a timeout, then wait for the
+//! first of a datagram, a signaling message, a command, that timeout or the next media frame,
+//! and feed it in with `Instant::now()`. Datagrams from any address other than the SFU's
+//! candidates in its answer never reach str0m.
+//!
+//! A removal, refusal or `leave` does not tear the transport down here: the server must cut
+//! it, and tests measure exactly that. [`MediaSession::stop`] ends it.
+
+use crate::{Error, Result, Signaling};
+use sealroom_proto::{ClientMsg, MediaSource, RemoteTrack, ServerMsg, Source};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid, Pt, Rid};
+use str0m::media::{Simulcast, SimulcastLayer};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+/// The pre-encoded camera stream (IVF container, VP8). See `assets/make.sh`.
+const CAMERA_IVF: &[u8] = include_bytes!("../assets/camera.ivf");
+/// The pre-encoded microphone stream: Opus packets, each after a big-endian u16 length.
+const MICROPHONE_OPUS: &[u8] = include_bytes!("../assets/microphone.opus");
+
+/// Audio frame interval (one Opus packet holds 20 ms).
+const AUDIO_EVERY: Duration = Duration::from_millis(20);
+/// Video frame interval (about 30 fps).
+const VIDEO_EVERY: Duration = Duration::from_millis(33);
+/// Simulcast layers sent when [`MediaOptions::simulcast`] is set (all carry the same stream).
+const SIMULCAST_RIDS: [&str; 3] = ["l", "m", "h"];
+
+/// What to publish and where to bind.
+#[derive(Debug, Clone)]
+pub struct MediaOptions {
+    /// Local UDP address to bind (default `127.0.0.1:0`).
+    pub bind: SocketAddr,
+    /// Address advertised as the ICE host candidate (default: the bound address; required
+    /// when binding an unspecified address).
+    pub advertise: Option<SocketAddr>,
+    /// Publish the microphone (Opus).
+    pub audio: bool,
+    /// Publish the camera (VP8).
+    pub video: bool,
+    /// Send the camera as three simulcast layers (`l`, `m`, `h`, the same frames on each).
+    pub simulcast: bool,
+    /// The instant first-frame times are measured from (usually: when `join` was sent).
+    pub since: Instant,
+}
+
+impl Default for MediaOptions {
+    fn default() -> Self {
+        MediaOptions {
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise: None,
+            audio: true,
+            video: true,
+            simulcast: false,
+            since: Instant::now(),
+        }
+    }
+}
+
+/// What arrived on one remote track.
+#[derive(Debug, Clone)]
+pub struct TrackStats {
+    /// Our receiving transceiver.
+    pub mid: String,
+    /// The publisher, by its participant id (from `media_tracks`; empty if never mapped).
+    pub participant_id: String,
+    pub source: Option<Source>,
+    pub frames: u64,
+    pub bytes: u64,
+    /// From [`MediaOptions::since`] to the first frame.
+    pub first_frame_after: Option<Duration>,
+    pub last_frame_at: Option<Instant>,
+}
+
+/// A snapshot of the session.
+#[derive(Debug, Clone, Default)]
+pub struct MediaStats {
+    /// From [`MediaOptions::since`] to DTLS-SRTP up.
+    pub connected_after: Option<Duration>,
+    /// From [`MediaOptions::since`] to the first frame from anyone.
+    pub first_remote_frame_after: Option<Duration>,
+    pub audio_frames_sent: u64,
+    pub video_frames_sent: u64,
+    /// Keyframe requests (PLI/FIR) that reached us as a publisher.
+    pub keyframe_requests: u64,
+    /// Renegotiation offers from the SFU answered.
+    pub offers_answered: u64,
+    /// Datagrams dropped because they came from an address that is not the SFU's.
+    pub foreign_datagrams: u64,
+    /// ICE state, as str0m reports it.
+    pub ice: String,
+    /// Every remote track ever received on, by mid.
+    pub tracks: Vec<TrackStats>,
+    /// Why the task ended, if it did by itself.
+    pub ended: Option<String>,
+}
+
+impl MediaStats {
+    /// Totals per (participant, source), in first-seen order.
+    pub fn by_source(&self) -> Vec<TrackStats> {
+        let mut out: Vec<TrackStats> = Vec::new();
+        for t in &self.tracks {
+            match out
+                .iter_mut()
+                .find(|o| o.participant_id == t.participant_id && o.source == t.source)
+            {
+                Some(o) => {
+                    o.frames += t.frames;
+                    o.bytes += t.bytes;
+                    o.first_frame_after = match (o.first_frame_after, t.first_frame_after) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    o.last_frame_at = o.last_frame_at.max(t.last_frame_at);
+                }
+                None => out.push(t.clone()),
+            }
+        }
+        out
+    }
+
+    /// Frames received from `participant_id`'s `source`.
+    pub fn frames_from(&self, participant_id: &str, source: Source) -> u64 {
+        self.tracks
+            .iter()
+            .filter(|t| t.participant_id == participant_id && t.source == Some(source))
+            .map(|t| t.frames)
+            .sum()
+    }
+
+    /// The last frame from `participant_id` (any source).
+    pub fn last_frame_from(&self, participant_id: &str) -> Option<Instant> {
+        self.tracks
+            .iter()
+            .filter(|t| t.participant_id == participant_id)
+            .filter_map(|t| t.last_frame_at)
+            .max()
+    }
+
+    /// The last frame from anyone.
+    pub fn last_frame(&self) -> Option<Instant> {
+        self.tracks.iter().filter_map(|t| t.last_frame_at).max()
+    }
+}
+
+enum Cmd {
+    Send(ClientMsg),
+    Stop(oneshot::Sender<Signaling>),
+}
+
+/// A running media session; dropping it stops the task (and closes the signaling socket).
+pub struct MediaSession {
+    local: SocketAddr,
+    stats: Arc<Mutex<MediaStats>>,
+    cmd: mpsc::UnboundedSender<Cmd>,
+    events: mpsc::UnboundedReceiver<ServerMsg>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl MediaSession {
+    /// Bind the socket, send our offer (`media_offer`) over `sig` and start the task. Call it
+    /// once admitted; a refusal of the offer arrives as a `ServerMsg::Error` event.
+    pub async fn start(mut sig: Signaling, opts: MediaOptions) -> Result<MediaSession> {
+        let socket = UdpSocket::bind(opts.bind).await?;
+        let local = socket.local_addr()?;
+        let advertised = opts.advertise.unwrap_or(local);
+        if advertised.ip().is_unspecified() {
+            return Err(Error::Usage(format!(
+                "media is bound to {local}: give an address to advertise"
+            )));
+        }
+        let now = Instant::now();
+        let mut rtc = Rtc::builder()
+            .set_crypto_provider(Arc::new(str0m::crypto::from_feature_flags()))
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_vp8(true)
+            .enable_bwe(Some(str0m::bwe::Bitrate::kbps(1_500)))
+            .build(now);
+        let candidate = Candidate::host(advertised, "udp")
+            .map_err(|e| Error::Usage(format!("host candidate {advertised}: {e}")))?;
+        rtc.add_local_candidate(candidate);
+
+        let mut api = rtc.sdp_api();
+        let mut sources = Vec::new();
+        let audio_mid = opts.audio.then(|| {
+            let mid = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+            sources.push(MediaSource {
+                mid: mid.to_string(),
+                source: Source::Microphone,
+            });
+            mid
+        });
+        let video_mid = opts.video.then(|| {
+            let sim = opts.simulcast.then(|| {
+                let mut s = Simulcast::new();
+                for rid in SIMULCAST_RIDS {
+                    s.add_send_layer(SimulcastLayer::new(rid));
+                }
+                s
+            });
+            let mid = api.add_media(MediaKind::Video, Direction::SendOnly, None, None, sim);
+            sources.push(MediaSource {
+                mid: mid.to_string(),
+                source: Source::Camera,
+            });
+            mid
+        });
+        let (offer, pending) = api
+            .apply()
+            .ok_or_else(|| Error::Usage("nothing to publish".into()))?;
+        sig.send(&ClientMsg::MediaOffer {
+            sdp: offer.to_sdp_string(),
+            sources,
+        })
+        .await?;
+
+        let stats = Arc::new(Mutex::new(MediaStats {
+            ice: "new".into(),
+            ..MediaStats::default()
+        }));
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let task = Task {
+            rtc,
+            socket,
+            local: advertised,
+            sig: Some(sig),
+            pending: Some(pending),
+            sfu_addrs: HashSet::new(),
+            since: opts.since,
+            audio_mid,
+            video_mid,
+            simulcast: opts.simulcast,
+            audio: OpusLoop::new(MICROPHONE_OPUS),
+            video: Vp8Loop::new(CAMERA_IVF),
+            connected: false,
+            mapping: HashMap::new(),
+            tracks: HashMap::new(),
+            stats: stats.clone(),
+            events: ev_tx,
+        };
+        let task = tokio::spawn(task.run(cmd_rx));
+        Ok(MediaSession {
+            local,
+            stats,
+            cmd: cmd_tx,
+            events: ev_rx,
+            task: Some(task),
+        })
+    }
+
+    /// The bound UDP address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// A snapshot of what was sent and received so far.
+    pub fn stats(&self) -> MediaStats {
+        lock(&self.stats).clone()
+    }
+
+    /// Send a signaling message (e.g. `leave`, `remove`).
+    pub fn send(&self, msg: ClientMsg) -> Result<()> {
+        self.cmd
+            .send(Cmd::Send(msg))
+            .map_err(|_| Error::Transport("the media session has ended".into()))
+    }
+
+    /// The next server message that is not about media (participants, refusals, errors…);
+    /// `None` when `within` passed or the session ended.
+    pub async fn next_event(&mut self, within: Duration) -> Option<ServerMsg> {
+        tokio::time::timeout(within, self.events.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Stop the task; the final stats, and the signaling socket if it is still open.
+    pub async fn stop(mut self) -> (MediaStats, Option<Signaling>) {
+        let (tx, rx) = oneshot::channel();
+        let sig = if self.cmd.send(Cmd::Stop(tx)).is_ok() {
+            rx.await.ok()
+        } else {
+            None
+        };
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        (lock(&self.stats).clone(), sig)
+    }
+}
+
+impl Drop for MediaSession {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+fn lock(m: &Mutex<MediaStats>) -> std::sync::MutexGuard<'_, MediaStats> {
+    // Stats stay consistent under a panic elsewhere: every update is a plain field write.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Per-mid receive counters (mapped to publishers at snapshot time by `mapping`).
+#[derive(Default)]
+struct MidCount {
+    frames: u64,
+    bytes: u64,
+    first: Option<Instant>,
+    last: Option<Instant>,
+}
+
+struct Task {
+    rtc: Rtc,
+    socket: UdpSocket,
+    local: SocketAddr,
+    sig: Option<Signaling>,
+    pending: Option<SdpPendingOffer>,
+    /// The SFU's candidate addresses from its answer: the only sources we accept.
+    sfu_addrs: HashSet<SocketAddr>,
+    since: Instant,
+    audio_mid: Option<Mid>,
+    video_mid: Option<Mid>,
+    simulcast: bool,
+    audio: OpusLoop,
+    video: Vp8Loop,
+    connected: bool,
+    /// mid → publisher, from the latest `media_tracks` (entries stay for stats).
+    mapping: HashMap<String, (String, Source)>,
+    tracks: HashMap<String, MidCount>,
+    stats: Arc<Mutex<MediaStats>>,
+    events: mpsc::UnboundedSender<ServerMsg>,
+}
+
+enum Step {
+    Go,
+    Stop(oneshot::Sender<Signaling>),
+    End(String),
+}
+
+impl Task {
+    async fn run(mut self, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
+        let mut buf = vec![0u8; 65_536];
+        let start = Instant::now();
+        let mut next_audio = start;
+        let mut next_video = start;
+        let why = loop {
+            let timeout = match self.drain() {
+                Ok(t) => t,
+                Err(e) => break Step::End(e),
+            };
+            let mut wake = timeout;
+            if self.connected {
+                wake = wake.min(next_audio).min(next_video);
+            }
+            let step = tokio::select! {
+                r = self.socket.recv_from(&mut buf) => match r {
+                    Ok((n, source)) => self.receive(source, &buf[..n]),
+                    // ICMP errors surface here on Linux (port unreachable); not fatal.
+                    Err(_) => Step::Go,
+                },
+                m = recv_signaling(&mut self.sig) => match m {
+                    Ok(Some(m)) => self.signaling(m).await,
+                    Ok(None) => {
+                        self.sig = None;
+                        Step::Go
+                    }
+                    Err(e) => Step::End(e.to_string()),
+                },
+                c = cmds.recv() => match c {
+                    Some(Cmd::Send(m)) => match &mut self.sig {
+                        Some(sig) => match sig.send(&m).await {
+                            Ok(()) => Step::Go,
+                            Err(e) => Step::End(e.to_string()),
+                        },
+                        None => Step::Go,
+                    },
+                    Some(Cmd::Stop(reply)) => Step::Stop(reply),
+                    None => Step::End("dropped".into()),
+                },
+                _ = tokio::time::sleep_until(wake.into()) => {
+                    let now = Instant::now();
+                    // After a stall the clock restarts at `now` rather than sending a burst.
+                    if self.connected && now >= next_audio {
+                        next_audio = (next_audio + AUDIO_EVERY).max(now);
+                        self.send_audio(now);
+                    }
+                    if self.connected && now >= next_video {
+                        next_video = (next_video + VIDEO_EVERY).max(now);
+                        self.send_video(now);
+                    }
+                    match self.rtc.handle_input(Input::Timeout(now)) {
+                        Ok(()) => Step::Go,
+                        Err(e) => Step::End(format!("rtc: {e}")),
+                    }
+                }
+            };
+            match step {
+                Step::Go => {}
+                other => break other,
+            }
+        };
+        self.rtc.disconnect();
+        self.publish_stats();
+        match why {
+            Step::Stop(reply) => {
+                if let Some(sig) = self.sig.take() {
+                    let _ = reply.send(sig);
+                }
+            }
+            Step::End(e) => lock(&self.stats).ended = Some(e),
+            Step::Go => {}
+        }
+    }
+
+    /// Drain str0m's output; returns when to wake it next.
+    fn drain(&mut self) -> Result<Instant, String> {
+        loop {
+            match self.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => return Ok(t),
+                Ok(Output::Transmit(t)) => {
+                    // A full socket buffer drops the datagram, as the network would.
+                    let _ = self.socket.try_send_to(&t.contents, t.destination);
+                }
+                Ok(Output::Event(e)) => self.event(e),
+                Err(e) => return Err(format!("rtc: {e}")),
+            }
+        }
+    }
+
+    fn event(&mut self, e: Event) {
+        let now = Instant::now();
+        match e {
+            Event::Connected => {
+                self.connected = true;
+                lock(&self.stats).connected_after = Some(now.saturating_duration_since(self.since));
+            }
+            Event::IceConnectionStateChange(s) => {
+                lock(&self.stats).ice = match s {
+                    IceConnectionState::New => "new",
+                    IceConnectionState::Checking => "checking",
+                    IceConnectionState::Connected => "connected",
+                    IceConnectionState::Completed => "completed",
+                    IceConnectionState::Disconnected => "disconnected",
+                }
+                .into();
+            }
+            Event::MediaData(d) => {
+                let mid = d.mid.to_string();
+                let c = self.tracks.entry(mid).or_default();
+                c.frames += 1;
+                c.bytes += d.data.len() as u64;
+                c.first.get_or_insert(now);
+                c.last = Some(now);
+                let mut s = lock(&self.stats);
+                if s.first_remote_frame_after.is_none() {
+                    s.first_remote_frame_after = Some(now.saturating_duration_since(self.since));
+                }
+                drop(s);
+                // Publishing on every frame would be costly; a snapshot is cheap enough at
+                // these rates (≈ 80 frames/s per remote participant).
+                self.publish_stats();
+            }
+            Event::KeyframeRequest(r) if Some(r.mid) == self.video_mid => {
+                lock(&self.stats).keyframe_requests += 1;
+                self.video.keyframe_due = true;
+            }
+            _ => {}
+        }
+    }
+
+    fn publish_stats(&self) {
+        let mut tracks: Vec<TrackStats> = self
+            .tracks
+            .iter()
+            .map(|(mid, c)| {
+                let (pid, source) = match self.mapping.get(mid) {
+                    Some((p, s)) => (p.clone(), Some(*s)),
+                    None => (String::new(), None),
+                };
+                TrackStats {
+                    mid: mid.clone(),
+                    participant_id: pid,
+                    source,
+                    frames: c.frames,
+                    bytes: c.bytes,
+                    first_frame_after: c.first.map(|f| f.saturating_duration_since(self.since)),
+                    last_frame_at: c.last,
+                }
+            })
+            .collect();
+        tracks.sort_by(|a, b| a.mid.cmp(&b.mid));
+        lock(&self.stats).tracks = tracks;
+    }
+
+    fn receive(&mut self, source: SocketAddr, data: &[u8]) -> Step {
+        if !self.sfu_addrs.contains(&source) {
+            lock(&self.stats).foreign_datagrams += 1;
+            return Step::Go;
+        }
+        let Ok(contents) = data.try_into() else {
+            return Step::Go;
+        };
+        let input = Input::Receive(
+            Instant::now(),
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination: self.local,
+                contents,
+            },
+        );
+        match self.rtc.handle_input(input) {
+            Ok(()) => Step::Go,
+            Err(e) => Step::End(format!("rtc: {e}")),
+        }
+    }
+
+    async fn signaling(&mut self, m: ServerMsg) -> Step {
+        match m {
+            ServerMsg::MediaAnswer { sdp } => {
+                let Some(pending) = self.pending.take() else {
+                    return Step::End("protocol: a media answer without an offer".into());
+                };
+                let answer = match SdpAnswer::from_sdp_string(&sdp) {
+                    Ok(a) => a,
+                    Err(e) => return Step::End(format!("protocol: media answer: {e}")),
+                };
+                self.sfu_addrs.extend(candidates(&sdp));
+                if let Err(e) = self.rtc.sdp_api().accept_answer(pending, answer) {
+                    return Step::End(format!("protocol: media answer: {e}"));
+                }
+                Step::Go
+            }
+            ServerMsg::MediaOffer { sdp } => {
+                let offer = match SdpOffer::from_sdp_string(&sdp) {
+                    Ok(o) => o,
+                    Err(e) => return Step::End(format!("protocol: media offer: {e}")),
+                };
+                self.sfu_addrs.extend(candidates(&sdp));
+                let answer = match self.rtc.sdp_api().accept_offer(offer) {
+                    Ok(a) => a,
+                    Err(e) => return Step::End(format!("protocol: media offer: {e}")),
+                };
+                lock(&self.stats).offers_answered += 1;
+                let msg = ClientMsg::MediaAnswer {
+                    sdp: answer.to_sdp_string(),
+                };
+                match &mut self.sig {
+                    Some(sig) => match sig.send(&msg).await {
+                        Ok(()) => Step::Go,
+                        Err(e) => Step::End(e.to_string()),
+                    },
+                    None => Step::Go,
+                }
+            }
+            ServerMsg::MediaTracks { tracks } => {
+                for RemoteTrack {
+                    mid,
+                    participant_id,
+                    source,
+                } in tracks
+                {
+                    self.mapping.insert(mid, (participant_id, source));
+                }
+                self.publish_stats();
+                Step::Go
+            }
+            other => {
+                let _ = self.events.send(other);
+                Step::Go
+            }
+        }
+    }
+
+    fn pt(&self, codec: Codec) -> Option<Pt> {
+        self.rtc
+            .codec_config()
+            .find(|p| p.spec().codec == codec)
+            .map(|p| p.pt())
+    }
+
+    fn send_audio(&mut self, now: Instant) {
+        let (Some(mid), Some(pt)) = (self.audio_mid, self.pt(Codec::Opus)) else {
+            return;
+        };
+        let (n, packet) = self.audio.next();
+        let t = MediaTime::new(n * 960, Frequency::FORTY_EIGHT_KHZ);
+        if let Some(w) = self.rtc.writer(mid) {
+            if w.write(pt, now, t, packet.to_vec()).is_ok() {
+                lock(&self.stats).audio_frames_sent += 1;
+            }
+        }
+    }
+
+    fn send_video(&mut self, now: Instant) {
+        let (Some(mid), Some(pt)) = (self.video_mid, self.pt(Codec::Vp8)) else {
+            return;
+        };
+        let (n, frame) = self.video.next();
+        let t = MediaTime::new(n * 3_000, Frequency::NINETY_KHZ);
+        let rids: Vec<Option<Rid>> = if self.simulcast {
+            SIMULCAST_RIDS.iter().map(|r| Some((*r).into())).collect()
+        } else {
+            vec![None]
+        };
+        let mut sent = false;
+        for rid in rids {
+            let Some(mut w) = self.rtc.writer(mid) else {
+                return;
+            };
+            if let Some(rid) = rid {
+                w = w.rid(rid);
+            }
+            sent |= w.write(pt, now, t, frame.to_vec()).is_ok();
+        }
+        if sent {
+            lock(&self.stats).video_frames_sent += 1;
+        }
+    }
+}
+
+async fn recv_signaling(sig: &mut Option<Signaling>) -> Result<Option<ServerMsg>> {
+    match sig {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The `host` candidate addresses in an SDP (RFC 8839 §5.1: `a=candidate:<foundation>
+/// <component> <transport> <priority> <address> <port> typ <type>`).
+fn candidates(sdp: &str) -> Vec<SocketAddr> {
+    sdp.lines()
+        .filter_map(|l| l.trim().strip_prefix("a=candidate:"))
+        .filter_map(|c| {
+            let f: Vec<&str> = c.split_whitespace().collect();
+            if f.len() < 8 || !f[2].eq_ignore_ascii_case("udp") {
+                return None;
+            }
+            let ip: std::net::IpAddr = f[4].parse().ok()?;
+            let port: u16 = f[5].parse().ok()?;
+            Some(SocketAddr::new(ip, port))
+        })
+        .collect()
+}
+
+/// The looped microphone stream.
+struct OpusLoop {
+    packets: Vec<&'static [u8]>,
+    n: u64,
+}
+
+impl OpusLoop {
+    fn new(data: &'static [u8]) -> OpusLoop {
+        let mut packets = Vec::new();
+        let mut rest = data;
+        while let [a, b, tail @ ..] = rest {
+            let len = u16::from_be_bytes([*a, *b]) as usize;
+            if tail.len() < len {
+                break;
+            }
+            packets.push(&tail[..len]);
+            rest = &tail[len..];
+        }
+        OpusLoop { packets, n: 0 }
+    }
+
+    /// (frame number, packet).
+    fn next(&mut self) -> (u64, &'static [u8]) {
+        let n = self.n;
+        self.n += 1;
+        // The asset is compiled in and has 50 packets (checked by a unit test).
+        let p = self.packets[(n % self.packets.len() as u64) as usize];
+        (n, p)
+    }
+}
+
+/// The looped camera stream; jumps to the next keyframe when one is asked for.
+struct Vp8Loop {
+    frames: Vec<&'static [u8]>,
+    pos: usize,
+    n: u64,
+    keyframe_due: bool,
+}
+
+impl Vp8Loop {
+    /// Frames of an IVF file (32-byte file header, then 12-byte frame headers: u32 LE size,
+    /// u64 LE timestamp).
+    fn new(ivf: &'static [u8]) -> Vp8Loop {
+        let mut frames = Vec::new();
+        let mut rest = ivf.get(32..).unwrap_or_default();
+        while rest.len() >= 12 {
+            let size = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            let Some(f) = rest.get(12..12 + size) else {
+                break;
+            };
+            frames.push(f);
+            rest = &rest[12 + size..];
+        }
+        Vp8Loop {
+            frames,
+            pos: 0,
+            n: 0,
+            keyframe_due: false,
+        }
+    }
+
+    /// RFC 6386 §9.1: bit 0 of the frame tag is clear on keyframes.
+    fn is_keyframe(f: &[u8]) -> bool {
+        f.first().is_some_and(|b| b & 1 == 0)
+    }
+
+    /// (frame number, frame).
+    fn next(&mut self) -> (u64, &'static [u8]) {
+        let len = self.frames.len();
+        if std::mem::take(&mut self.keyframe_due) && !Self::is_keyframe(self.frames[self.pos]) {
+            // The asset starts with a keyframe (checked by a unit test), so this ends.
+            while !Self::is_keyframe(self.frames[self.pos]) {
+                self.pos = (self.pos + 1) % len;
+            }
+        }
+        let f = self.frames[self.pos];
+        self.pos = (self.pos + 1) % len;
+        let n = self.n;
+        self.n += 1;
+        (n, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_assets_parse_and_start_decodable() {
+        let mut a = OpusLoop::new(MICROPHONE_OPUS);
+        assert_eq!(a.packets.len(), 50);
+        // RFC 6716 §3.1: every TOC names a 20 ms configuration (SILK 1/5/9, hybrid 13/15,
+        // CELT 19/23/27/31) and frame-count code 0 (one frame per packet).
+        let twenty_ms = [1, 5, 9, 13, 15, 19, 23, 27, 31];
+        assert!(a
+            .packets
+            .iter()
+            .all(|p| p.len() > 1 && twenty_ms.contains(&(p[0] >> 3)) && p[0] & 0x03 == 0));
+        assert_eq!(a.next().0, 0);
+
+        let mut v = Vp8Loop::new(CAMERA_IVF);
+        assert_eq!(v.frames.len(), 60);
+        let keys: Vec<usize> = (0..60)
+            .filter(|i| Vp8Loop::is_keyframe(v.frames[*i]))
+            .collect();
+        assert_eq!(keys, vec![0, 30]);
+        // RFC 6386 §9.1: keyframes carry the start code and 320×240.
+        assert_eq!(&v.frames[0][3..6], &[0x9d, 0x01, 0x2a]);
+        assert_eq!(&v.frames[0][6..10], &[0x40, 0x01, 0xf0, 0x00]);
+        v.next();
+        v.next();
+        v.keyframe_due = true;
+        let (n, f) = v.next();
+        assert_eq!(n, 2);
+        assert!(
+            Vp8Loop::is_keyframe(f),
+            "a keyframe request jumps to a keyframe"
+        );
+        assert_eq!(v.pos, 31);
+    }
+
+    #[test]
+    fn candidates_are_read_from_sdp() {
+        let sdp = "v=0\r\na=candidate:1 1 udp 2130706431 127.0.0.1 40000 typ host\r\n\
+                   a=candidate:2 1 tcp 1 127.0.0.1 9 typ host\r\na=candidate:bad\r\n";
+        assert_eq!(
+            candidates(sdp),
+            vec!["127.0.0.1:40000".parse().expect("addr")]
+        );
+    }
+}
