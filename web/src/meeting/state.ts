@@ -31,7 +31,12 @@ export type Effect =
   /** Show a protocol error in the status region; nothing else changed. */
   | { kind: 'show_error'; code: string; message: string }
   /** Show a security notice (a new device was enrolled). */
-  | { kind: 'show_notice'; message: string };
+  | { kind: 'show_notice'; message: string }
+  /** Media signaling for the call (call/media.ts); only meaningful while admitted. */
+  | { kind: 'media'; msg: MediaMsg };
+
+/** The server messages that belong to the media connection. */
+export type MediaMsg = Extract<ServerMsg, { type: 'media_offer' | 'media_answer' | 'media_tracks' }>;
 
 export interface Step {
   view: MeetingView;
@@ -98,6 +103,10 @@ export function handleServerMsg(v: MeetingView, msg: ServerMsg): Step {
       return { view: v, effects: [{ kind: 'show_error', code: msg.code, message: msg.message }] };
     case 'pong':
       return { view: v, effects: [] };
+    case 'media_offer':
+    case 'media_answer':
+    case 'media_tracks':
+      return { view: v, effects: v.phase === 'admitted' ? [{ kind: 'media', msg }] : [] };
     case 'device_added': {
       const kind = msg.device_kind === 'software' ? 'software device' : 'passkey';
       return {

@@ -1,14 +1,19 @@
-// /m/<id>: join a meeting over the signaling socket; lobby, admission, roster and host controls.
+// /m/<id>: join a meeting over the signaling socket; lobby, admission, roster and host controls,
+// and the call itself once admitted.
 //
 // The view is redrawn from `MeetingView` after every change (meeting/state.ts decides what
 // changes). Redraws keep keyboard focus on the "same" control through `data-focus-key`.
+// The call screen (call/view.ts) lives outside the redrawn part: it exists while admitted and
+// updates its tiles in place, so video and audio keep playing across redraws.
 
 import { pageHeading, type PageContext } from '../app';
 import { append, h, replaceChildren, uid, type Child } from '../dom';
 import { kindLabel, levelDescription, levelLabel } from '../format';
 import type { ClientMsg, DeviceKind, LobbyEntry, Participant } from '../proto';
+import { CallMedia } from '../call/media';
+import { CallView } from '../call/view';
 import { SignalingSocket } from '../meeting/socket';
-import { handleClose, handleRetry, handleServerMsg, initialView, type MeetingView, type Phase } from '../meeting/state';
+import { handleClose, handleRetry, handleServerMsg, initialView, type MediaMsg, type MeetingView, type Phase } from '../meeting/state';
 import { showError, showInfo } from '../status';
 
 const PHASE_TEXT: Record<Phase, string> = {
@@ -19,6 +24,9 @@ const PHASE_TEXT: Record<Phase, string> = {
   left: 'You left the meeting.',
   disconnected: 'Disconnected from the server. You are no longer in the meeting.',
 };
+
+/** How long a leave waits for the server's `left` before the media transport closes anyway. */
+const LEAVE_CONFIRM_MS = 3000;
 
 /** Reasons after which trying again cannot help until the user signs in again. */
 const SESSION_REASONS = new Set(['session_ended', 'device_revoked']);
@@ -41,7 +49,11 @@ export function meetingPage(ctx: PageContext): void {
   const stateText = h('span', { class: 'state-text' });
   const stateLine = h('p', { class: 'state-line', 'aria-live': 'polite' }, 'Status: ', stateWord, ' — ', stateText);
   const body = h('div', { class: 'meeting-body' });
-  append(ctx.main, h('section', { class: 'meeting', 'aria-labelledby': heading.id }, heading, stateLine, body));
+  const callRoot = h('div', { class: 'call-root' });
+  append(ctx.main, h('section', { class: 'meeting', 'aria-labelledby': heading.id }, heading, stateLine, callRoot, body));
+
+  /** The call of the current admission (null when not admitted). */
+  let call: { you: string; media: CallMedia | null; view: CallView; leaving: boolean } | null = null;
 
   const socket = new SignalingSocket({
     onMessage: (msg) => {
@@ -49,8 +61,10 @@ export function meetingPage(ctx: PageContext): void {
       view = step.view;
       for (const effect of step.effects) {
         if (effect.kind === 'send_join') send({ type: 'join', meeting_id: meetingId });
+        else if (effect.kind === 'show_error' && effect.code === 'media_refused' && call?.media) call.media.handleRefused(effect.message);
         else if (effect.kind === 'show_error') showError(`${effect.message} (${effect.code})`);
         else if (effect.kind === 'show_notice') showInfo(effect.message);
+        else if (effect.kind === 'media') routeMedia(effect.msg);
       }
       draw();
     },
@@ -59,7 +73,79 @@ export function meetingPage(ctx: PageContext): void {
       draw();
     },
   });
-  ctx.onLeave(() => socket.shutdown());
+  ctx.onLeave(() => {
+    endCall();
+    socket.shutdown();
+  });
+
+  function routeMedia(msg: MediaMsg): void {
+    const media = call?.media;
+    if (!media) return;
+    if (msg.type === 'media_offer') media.handleOffer(msg.sdp);
+    else if (msg.type === 'media_answer') media.handleAnswer(msg.sdp);
+    else media.handleTracks(msg.tracks);
+  }
+
+  /** Starts the call on admission, ends it on leaving; passes roster changes on. */
+  function syncCall(): void {
+    const you = view.phase === 'admitted' ? view.you : null;
+    if (call && call.you !== you) endCall();
+    if (!you) return;
+    if (!call) {
+      let media: CallMedia | null = null;
+      let startError: string | null = null;
+      const hooks = {
+        send: (msg: ClientMsg) => socket.send(msg),
+        changed: () => call?.view.refresh(),
+        problem: (message: string) => {
+          showError(message);
+          call?.view.showNotice(message);
+        },
+      };
+      try {
+        media = new CallMedia(you, view.meeting?.level ?? 'restricted', hooks);
+      } catch (e) {
+        startError = e instanceof Error ? e.message : String(e);
+      }
+      const callView = new CallView(media, startError, { leave: leaveMeeting });
+      call = { you, media, view: callView, leaving: false };
+      callRoot.replaceChildren(callView.root);
+      if (media) {
+        media.setParticipants(view.participants);
+        void media.start().catch((e: unknown) => hooks.problem(`Audio and video could not start: ${e instanceof Error ? e.message : String(e)}`));
+      }
+    }
+    call.media?.setParticipants(view.participants);
+    call.view.setRoster(you, view.participants);
+  }
+
+  function endCall(): void {
+    if (!call) return;
+    call.media?.close();
+    call.view.dispose();
+    callRoot.replaceChildren();
+    call = null;
+  }
+
+  /**
+   * Nothing is sent from the moment the button is pressed; the transport itself closes when the
+   * server confirms with `left` (closing it first would reach the SFU before the leave does, and
+   * the server would take it for a media failure).
+   */
+  function leaveMeeting(): void {
+    const leaving = call;
+    if (leaving?.leaving) return;
+    if (leaving) leaving.leaving = true;
+    if (!socket.send({ type: 'leave' })) {
+      endCall();
+      showError('Not connected to the server. Use "Try again" to reconnect.');
+      return;
+    }
+    leaving?.media?.stopSending();
+    window.setTimeout(() => {
+      if (call === leaving) endCall();
+    }, LEAVE_CONFIRM_MS);
+  }
 
   function send(msg: ClientMsg): void {
     if (!socket.send(msg)) showError('Not connected to the server. Use "Try again" to reconnect.');
@@ -220,7 +306,7 @@ export function meetingPage(ctx: PageContext): void {
         ),
       );
     }
-    out.push(h('div', { class: 'actions' }, leaveButton('Leave meeting')));
+    // "Leave meeting" is among the call controls while admitted.
     return out;
   }
 
@@ -270,6 +356,7 @@ export function meetingPage(ctx: PageContext): void {
 
   function draw(): void {
     if (!ctx.alive()) return;
+    syncCall();
     const title = view.meeting?.title ?? 'Meeting';
     if (heading.textContent !== title) heading.textContent = title;
     document.title = `${title} · sealroom`;

@@ -1,0 +1,388 @@
+// The call screen: a video grid with one tile per participant (self first), the controls
+// (microphone, camera, screen, device choice, leave) and the media connection state.
+//
+// Unlike the rest of the meeting page, this part is never rebuilt: tiles are kept per
+// participant id and only their text and media sources change, because re-creating (or even
+// detaching) a <video>/<audio> element stops its playback. Every state shows as text.
+
+import { h, uid } from '../dom';
+import { kindLabel } from '../format';
+import type { Participant, Source } from '../proto';
+import type { CallMedia, ConnectionState } from './media';
+import type { Quality } from './quality';
+
+export interface CallActions {
+  leave(): void;
+}
+
+const STATE_TEXT: Record<ConnectionState, string> = {
+  connecting: 'connecting…',
+  connected: 'connected',
+  reconnecting: 'reconnecting…',
+  failed: 'failed',
+  closed: 'closed',
+};
+
+const QUALITY_TEXT: Record<Quality, string> = {
+  connecting: 'connecting',
+  good: 'good',
+  fair: 'fair',
+  poor: 'poor',
+};
+
+function setText(el: HTMLElement, text: string): void {
+  if (el.textContent !== text) el.textContent = text;
+}
+
+function setData(el: HTMLElement, name: string, value: string): void {
+  if (el.dataset[name] !== value) el.dataset[name] = value;
+}
+
+/** Points a media element at one track (or none) without restarting it when nothing changed. */
+function setSource(el: HTMLMediaElement, track: MediaStreamTrack | null): void {
+  const current = el.srcObject instanceof MediaStream ? (el.srcObject.getTracks()[0] ?? null) : null;
+  if (current === track) return;
+  el.srcObject = track ? new MediaStream([track]) : null;
+  if (track) void el.play().catch(() => {});
+}
+
+function videoEl(source: Source, label: string): HTMLVideoElement {
+  const v = h('video', { class: `tile-video tile-${source}`, 'data-source': source, 'aria-label': label, playsinline: true, autoplay: true });
+  // Sound comes from the <audio> elements; the video elements never play any.
+  v.muted = true;
+  return v;
+}
+
+function audioEl(source: Source): HTMLAudioElement {
+  const a = h('audio', { class: 'tile-audio', 'data-source': source, autoplay: true });
+  a.autoplay = true;
+  return a;
+}
+
+interface TileData {
+  participant: Participant;
+  isSelf: boolean;
+  audioMuted: boolean;
+  videoMuted: boolean;
+  screen: boolean;
+  camera: MediaStreamTrack | null;
+  screenTrack: MediaStreamTrack | null;
+  mic: MediaStreamTrack | null;
+  screenAudio: MediaStreamTrack | null;
+  quality: Quality;
+  active: boolean;
+}
+
+class Tile {
+  readonly root: HTMLLIElement;
+  private readonly media: HTMLDivElement;
+  private readonly camera: HTMLVideoElement;
+  private readonly placeholder: HTMLParagraphElement;
+  private screen: HTMLVideoElement | null = null;
+  private readonly mic: HTMLAudioElement | null;
+  private screenAudio: HTMLAudioElement | null = null;
+  private readonly name: HTMLElement;
+  private readonly badges: HTMLSpanElement;
+  private readonly speaking: HTMLSpanElement;
+  private readonly device: HTMLParagraphElement;
+  private readonly state: HTMLParagraphElement;
+  private readonly quality: HTMLParagraphElement;
+  private displayName = '';
+
+  constructor(p: Participant, isSelf: boolean) {
+    const nameId = uid('tile-name');
+    this.name = h('strong', { class: 'tile-name', id: nameId });
+    this.badges = h('span', { class: 'tile-badges' });
+    this.speaking = h('span', { class: 'badge badge-speaking', testid: 'active-speaker', hidden: true }, 'speaking');
+    this.device = h('p', { class: 'tile-detail' });
+    this.state = h('p', { class: 'tile-detail tile-state', testid: 'tile-state' });
+    this.quality = h('p', { class: 'tile-detail tile-quality', testid: 'tile-quality' });
+    this.camera = videoEl('camera', 'camera');
+    this.placeholder = h('p', { class: 'tile-placeholder', 'aria-hidden': 'true' });
+    this.media = h('div', { class: 'tile-media' }, this.camera, this.placeholder);
+    this.mic = isSelf ? null : audioEl('microphone');
+    this.root = h(
+      'li',
+      {
+        class: isSelf ? 'tile tile-self' : 'tile',
+        testid: isSelf ? 'self-tile' : 'tile',
+        'data-participant': p.id,
+        'data-user': p.user_name,
+        'data-active': 'false',
+        'aria-labelledby': nameId,
+      },
+      this.media,
+      this.mic,
+      h('div', { class: 'tile-caption' }, h('p', { class: 'tile-title' }, this.name, this.badges, this.speaking), this.device, this.state, this.quality),
+    );
+  }
+
+  render(d: TileData): void {
+    const p = d.participant;
+    if (this.displayName !== p.display_name) {
+      this.displayName = p.display_name;
+      this.camera.setAttribute('aria-label', `Camera of ${p.display_name}`);
+    }
+    setText(this.name, d.isSelf ? `${p.display_name} (you)` : p.display_name);
+    setText(this.badges, p.host ? 'host' : '');
+    this.badges.className = p.host ? 'tile-badges badge badge-host' : 'tile-badges';
+    setText(this.device, `Device: ${p.device_name} (${kindLabel(p.device_kind)})`);
+
+    const words = [d.audioMuted ? 'muted' : 'microphone on', d.videoMuted ? 'camera off' : 'camera on'];
+    if (d.screen) words.push('sharing screen');
+    setText(this.state, words.join(' · '));
+    setData(this.state, 'audioMuted', String(d.audioMuted));
+    setData(this.state, 'videoMuted', String(d.videoMuted));
+    setData(this.state, 'screen', String(d.screen));
+
+    setText(this.quality, `Connection: ${QUALITY_TEXT[d.quality]}`);
+    setData(this.quality, 'quality', d.quality);
+
+    setData(this.root, 'active', String(d.active));
+    this.speaking.hidden = !d.active;
+
+    // Camera: the video, or a text placeholder saying why there is none.
+    const camera = d.videoMuted ? null : d.camera;
+    setSource(this.camera, camera);
+    this.camera.hidden = camera === null;
+    setText(this.placeholder, d.videoMuted ? 'camera off' : camera === null ? 'no video yet' : '');
+    this.placeholder.hidden = camera !== null;
+
+    // Screen share: its own video (and audio), only while shared.
+    const screen = d.screen ? d.screenTrack : null;
+    if (screen && !this.screen) {
+      this.screen = videoEl('screen', `Screen shared by ${p.display_name}`);
+      this.media.append(this.screen);
+    }
+    if (this.screen) {
+      setSource(this.screen, screen);
+      if (!screen) {
+        this.screen.remove();
+        this.screen = null;
+      }
+    }
+    this.root.classList.toggle('tile-sharing', screen !== null);
+
+    if (this.mic) setSource(this.mic, d.mic);
+    if (!d.isSelf) {
+      if (d.screenAudio && !this.screenAudio) {
+        this.screenAudio = audioEl('screen_audio');
+        this.root.append(this.screenAudio);
+      }
+      if (this.screenAudio) {
+        setSource(this.screenAudio, d.screenAudio);
+        if (!d.screenAudio) {
+          this.screenAudio.remove();
+          this.screenAudio = null;
+        }
+      }
+    }
+  }
+
+  /** Stops playback before the tile goes away. */
+  dispose(): void {
+    for (const el of this.root.querySelectorAll<HTMLMediaElement>('video, audio')) {
+      el.pause();
+      el.srcObject = null;
+    }
+    this.root.remove();
+  }
+}
+
+export class CallView {
+  readonly root: HTMLElement;
+  private readonly grid: HTMLUListElement;
+  private readonly tiles = new Map<string, Tile>();
+  private readonly status: HTMLParagraphElement;
+  private readonly notice: HTMLParagraphElement;
+  private readonly muteButton: HTMLButtonElement;
+  private readonly cameraButton: HTMLButtonElement;
+  private readonly screenButton: HTMLButtonElement;
+  private readonly micSelect: HTMLSelectElement;
+  private readonly cameraSelect: HTMLSelectElement;
+  private you = '';
+  private participants: Participant[] = [];
+
+  constructor(
+    private readonly media: CallMedia | null,
+    startError: string | null,
+    actions: CallActions,
+  ) {
+    const headingId = uid('call-heading');
+    this.status = h('p', { class: 'call-status', testid: 'media-status', 'aria-live': 'polite' });
+    this.notice = h('p', { class: 'call-notice', testid: 'media-notice', hidden: true });
+    this.grid = h('ul', { class: 'call-grid', testid: 'call-grid', 'aria-label': 'Participants’ video' });
+
+    const m = media;
+    // While a device operation runs the buttons are aria-disabled and ignore clicks, but stay
+    // focusable: disabling a focused button would drop keyboard focus to the page.
+    const act = (fn: (m: CallMedia) => Promise<void>) => () => {
+      if (m && !m.busy) void fn(m);
+    };
+    this.muteButton = h('button', { type: 'button', testid: 'mute-button', on: { click: act((x) => x.setMicMuted(!x.local.audioMuted)) } });
+    this.cameraButton = h('button', { type: 'button', testid: 'camera-button', on: { click: act((x) => x.setCameraOff(!x.local.videoMuted)) } });
+    this.screenButton = h('button', {
+      type: 'button',
+      testid: 'screen-button',
+      on: { click: act((x) => (x.local.screen ? x.stopScreen() : x.startScreen())) },
+    });
+    this.micSelect = h('select', { id: uid('mic'), testid: 'mic-select', on: { change: () => m && void m.selectMic(this.micSelect.value) } });
+    this.cameraSelect = h('select', { id: uid('cam'), testid: 'camera-select', on: { change: () => m && void m.selectCamera(this.cameraSelect.value) } });
+    const leave = h('button', { type: 'button', class: 'danger', testid: 'leave-button', on: { click: () => actions.leave() } }, 'Leave meeting');
+
+    const controls = h(
+      'div',
+      { class: 'call-controls', role: 'group', 'aria-label': 'Call controls' },
+      h('div', { class: 'call-buttons' }, this.muteButton, this.cameraButton, this.screenButton, leave),
+      h(
+        'div',
+        { class: 'call-devices' },
+        h('div', { class: 'field' }, h('label', { for: this.micSelect.id }, 'Microphone'), this.micSelect),
+        h('div', { class: 'field' }, h('label', { for: this.cameraSelect.id }, 'Camera'), this.cameraSelect),
+      ),
+    );
+    this.root = h(
+      'section',
+      { class: 'call', 'aria-labelledby': headingId },
+      h('h2', { id: headingId, class: 'visually-hidden' }, 'Call'),
+      this.status,
+      startError ? h('p', { class: 'alert', role: 'alert', testid: 'media-error' }, `Audio and video could not start: ${startError}`) : null,
+      this.notice,
+      this.grid,
+      controls,
+    );
+    if (!media) {
+      setText(this.muteButton, 'Mute microphone');
+      setText(this.cameraButton, 'Turn camera off');
+      setText(this.screenButton, 'Share screen');
+      fillSelect(this.micSelect, [], null, 'No microphone');
+      fillSelect(this.cameraSelect, [], null, 'No camera');
+      for (const el of [this.muteButton, this.cameraButton, this.screenButton]) el.disabled = true;
+    }
+    this.refresh();
+  }
+
+  /** The roster changed. */
+  setRoster(you: string, participants: Participant[]): void {
+    this.you = you;
+    this.participants = participants;
+    this.refresh();
+  }
+
+  /** Shows a device or media problem next to the call (the page's status region shows errors too). */
+  showNotice(message: string | null): void {
+    this.notice.hidden = message === null;
+    setText(this.notice, message ?? '');
+  }
+
+  /** Redraws what changed from the roster and the media state. */
+  refresh(): void {
+    const m = this.media;
+    const state: ConnectionState = m ? m.state : 'failed';
+    setText(this.status, `Audio and video: ${STATE_TEXT[state]}`);
+    setData(this.status, 'state', state);
+    if (m?.deviceNotice && this.notice.hidden) this.showNotice(m.deviceNotice);
+
+    if (m) {
+      const busy = m.busy || state === 'closed';
+      setText(this.muteButton, m.local.audioMuted ? 'Unmute microphone' : 'Mute microphone');
+      setData(this.muteButton, 'muted', String(m.local.audioMuted));
+      setText(this.cameraButton, m.local.videoMuted ? 'Turn camera on' : 'Turn camera off');
+      setData(this.cameraButton, 'off', String(m.local.videoMuted));
+      setText(this.screenButton, m.local.screen ? 'Stop sharing screen' : 'Share screen');
+      setData(this.screenButton, 'sharing', String(m.local.screen));
+      for (const b of [this.muteButton, this.cameraButton, this.screenButton]) {
+        setData(b, 'busy', String(busy));
+        if (busy) {
+          b.setAttribute('aria-disabled', 'true');
+          b.setAttribute('aria-busy', 'true');
+        } else {
+          b.removeAttribute('aria-disabled');
+          b.removeAttribute('aria-busy');
+        }
+      }
+      fillSelect(this.micSelect, m.mics, m.micId, 'No microphone found');
+      fillSelect(this.cameraSelect, m.cams, m.camId, 'No camera found');
+    }
+
+    // Tiles: self first, then the others in roster order.
+    const ordered = [...this.participants.filter((p) => p.id === this.you), ...this.participants.filter((p) => p.id !== this.you)];
+    const keep = new Set(ordered.map((p) => p.id));
+    for (const [id, tile] of this.tiles) {
+      if (!keep.has(id)) {
+        tile.dispose();
+        this.tiles.delete(id);
+      }
+    }
+    let previous: Element | null = null;
+    for (const p of ordered) {
+      const isSelf = p.id === this.you;
+      let tile = this.tiles.get(p.id);
+      if (!tile) {
+        tile = new Tile(p, isSelf);
+        this.tiles.set(p.id, tile);
+      }
+      // Keep DOM order without detaching tiles that are already in place.
+      const want: ChildNode | null = previous ? previous.nextSibling : this.grid.firstChild;
+      if (want !== tile.root) this.grid.insertBefore(tile.root, want);
+      previous = tile.root;
+      tile.render(this.tileData(p, isSelf));
+    }
+  }
+
+  private tileData(p: Participant, isSelf: boolean): TileData {
+    const m = this.media;
+    if (isSelf) {
+      return {
+        participant: p,
+        isSelf,
+        audioMuted: m ? m.local.audioMuted : true,
+        videoMuted: m ? m.local.videoMuted : true,
+        screen: m ? m.local.screen : false,
+        camera: m?.camTrack ?? null,
+        screenTrack: m?.screenTrack ?? null,
+        mic: null,
+        screenAudio: null,
+        quality: m ? (m.state === 'connected' ? m.selfQuality : 'connecting') : 'connecting',
+        active: m !== null && m.speaker === p.id,
+      };
+    }
+    return {
+      participant: p,
+      isSelf,
+      audioMuted: p.audio_muted,
+      videoMuted: p.video_muted,
+      screen: p.screen,
+      camera: m?.remoteTrack(p.id, 'camera') ?? null,
+      screenTrack: m?.remoteTrack(p.id, 'screen') ?? null,
+      mic: m?.remoteTrack(p.id, 'microphone') ?? null,
+      screenAudio: m?.remoteTrack(p.id, 'screen_audio') ?? null,
+      quality: m?.quality.get(p.id) ?? 'connecting',
+      active: m !== null && m.speaker === p.id,
+    };
+  }
+
+  dispose(): void {
+    for (const t of this.tiles.values()) t.dispose();
+    this.tiles.clear();
+    this.root.remove();
+  }
+}
+
+/** Device options; rebuilt only when the list or the choice changed (keeps focus and choice). */
+function fillSelect(select: HTMLSelectElement, devices: MediaDeviceInfo[], chosen: string | null, none: string): void {
+  const key = JSON.stringify([devices.map((d) => [d.deviceId, d.label]), chosen]);
+  if (select.dataset['key'] === key) return;
+  select.dataset['key'] = key;
+  select.replaceChildren();
+  if (devices.length === 0) {
+    select.append(h('option', { value: '' }, none));
+    select.disabled = true;
+    return;
+  }
+  select.disabled = false;
+  devices.forEach((d, i) => {
+    select.append(h('option', { value: d.deviceId }, d.label || `${d.kind === 'audioinput' ? 'Microphone' : 'Camera'} ${i + 1}`));
+  });
+  if (chosen && devices.some((d) => d.deviceId === chosen)) select.value = chosen;
+}
