@@ -465,6 +465,14 @@ impl Sfu {
                 reason: e.to_string(),
             })?;
         p.negotiated = true;
+        // An ICE restart in the offer gives this side new credentials too: route binding
+        // requests by the new ufrag from now on (the old one is dead).
+        let creds = p.rtc.direct_api().local_ice_credentials();
+        if creds.ufrag != p.ufrag {
+            self.ufrags.remove(&p.ufrag);
+            self.ufrags.insert(creds.ufrag.clone(), id);
+            p.ufrag = creds.ufrag;
+        }
         Ok(answer.to_sdp_string())
     }
 
