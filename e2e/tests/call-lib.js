@@ -231,6 +231,15 @@ export async function goneAt(page, selector, timeoutMs = 10_000) {
  * is when the page first showed the admitted state, to 50 ms).
  */
 export async function firstFrames(page, participants, timeoutMs = 20_000) {
+  try {
+    return await firstFramesInner(page, participants, timeoutMs);
+  } catch (e) {
+    log(`no first frames: ${JSON.stringify(await mediaDump(page).catch((x) => String(x)))}`);
+    throw e;
+  }
+}
+
+function firstFramesInner(page, participants, timeoutMs) {
   return withTimeout(
     page.evaluate(
       ({ ids, limit }) =>

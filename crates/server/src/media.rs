@@ -163,6 +163,8 @@ async fn run(
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else { return };
                 apply(&mut sfu, &mut parts, cmd);
+                // Negotiation may have opened or stopped tracks: refresh the mappings.
+                send_tracks(&sfu, &mut parts, &events);
             }
             _ = tokio::time::sleep_until(deadline.into()) => {
                 sfu.handle_timeout(Instant::now());

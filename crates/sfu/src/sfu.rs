@@ -1050,7 +1050,7 @@ impl Sfu {
             .iter()
             .find(|t| t.mid == data.mid)
             .filter(|t| t.simulcast)
-            .map(|t| t.meter.ranked());
+            .map(|t| t.meter.ranked(data.network_time));
         let track = TrackId {
             publisher,
             mid: data.mid,

@@ -24,6 +24,9 @@ pub const AUDIO_RESERVE_BPS: u64 = 64_000;
 
 const WINDOW: Duration = Duration::from_secs(1);
 
+/// A layer with no packet for this long is considered paused by the publisher.
+const STALE: Duration = Duration::from_millis(1000);
+
 #[derive(Debug)]
 struct Layer {
     rid: Rid,
@@ -31,6 +34,8 @@ struct Layer {
     window_bytes: u64,
     /// Rate of the last complete window, if any.
     bps: Option<u64>,
+    /// When a packet of this layer last arrived.
+    last_seen: Instant,
 }
 
 /// Bitrate of each simulcast layer of one incoming track.
@@ -49,6 +54,7 @@ impl LayerMeter {
                     window_start: now,
                     window_bytes: 0,
                     bps: None,
+                    last_seen: now,
                 });
                 // Just pushed: the vector is not empty.
                 let last = self.layers.len() - 1;
@@ -62,11 +68,20 @@ impl LayerMeter {
             layer.window_bytes = 0;
         }
         layer.window_bytes += bytes as u64;
+        layer.last_seen = now;
     }
 
     /// Layers from lowest to highest rate; unknown rates last, in order of appearance.
-    pub(crate) fn ranked(&self) -> Vec<(Rid, Option<u64>)> {
-        let mut v: Vec<(Rid, Option<u64>)> = self.layers.iter().map(|l| (l.rid, l.bps)).collect();
+    /// Layers that are alive at `now`, lowest rate first. A layer the publisher paused (CPU or
+    /// bandwidth adaptation) stops counting after [`STALE`]: otherwise a subscriber targeting it
+    /// would wait forever for its keyframe and receive nothing.
+    pub(crate) fn ranked(&self, now: Instant) -> Vec<(Rid, Option<u64>)> {
+        let mut v: Vec<(Rid, Option<u64>)> = self
+            .layers
+            .iter()
+            .filter(|l| now.saturating_duration_since(l.last_seen) < STALE)
+            .map(|l| (l.rid, l.bps))
+            .collect();
         v.sort_by_key(|(_, bps)| bps.unwrap_or(u64::MAX));
         v
     }
@@ -109,14 +124,18 @@ mod tests {
     #[test]
     fn layers_rank_by_measured_rate_not_name() {
         let m = meter_with(&[("h", 1_500_000), ("q", 150_000), ("f", 500_000)]);
-        let ranked: Vec<Rid> = m.ranked().into_iter().map(|(r, _)| r).collect();
+        let ranked: Vec<Rid> = m
+            .ranked(m.layers[0].last_seen)
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect();
         assert_eq!(ranked, vec!["q".into(), "f".into(), "h".into()]);
     }
 
     #[test]
     fn highest_fitting_layer_is_chosen_else_lowest() {
         let m = meter_with(&[("l", 150_000), ("m", 500_000), ("h", 1_500_000)]);
-        let r = m.ranked();
+        let r = m.ranked(m.layers[0].last_seen);
         assert_eq!(choose(&r, 3_000_000), Some("h".into()));
         assert_eq!(choose(&r, 1_000_000), Some("m".into()));
         assert_eq!(choose(&r, 50_000), Some("l".into()));
@@ -128,7 +147,22 @@ mod tests {
         let mut m = LayerMeter::default();
         m.record("l".into(), t0, 100);
         m.record("h".into(), t0, 1000);
-        assert_eq!(choose(&m.ranked(), 10_000_000), Some("l".into()));
+        assert_eq!(choose(&m.ranked(t0), 10_000_000), Some("l".into()));
+    }
+
+    #[test]
+    fn a_paused_layer_stops_being_a_target() {
+        let m = meter_with(&[("l", 150_000), ("m", 500_000), ("h", 1_500_000)]);
+        let t = m.layers[0].last_seen;
+        assert_eq!(choose(&m.ranked(t), 3_000_000), Some("h".into()));
+        // The publisher pauses "h": after a second only "l" and "m" are candidates.
+        let mut m = m;
+        let later = t + Duration::from_millis(1200);
+        m.record("l".into(), later, 100);
+        m.record("m".into(), later, 100);
+        let r = m.ranked(later);
+        assert_eq!(r.len(), 2);
+        assert_eq!(choose(&r, 3_000_000), Some("m".into()));
     }
 
     #[test]
