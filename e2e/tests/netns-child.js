@@ -24,6 +24,19 @@ async function run() {
       env: { ...process.env, HOME: job.home },
     });
     const user = await newUser(res, browser, job.label);
+    // Let the browser see a settled network first: a change notification racing the first
+    // load aborts it with net::ERR_NETWORK_CHANGED (a property of fresh namespaces, not of
+    // the server). Retry that one error a few times.
+    for (let i = 0; ; i++) {
+      try {
+        await user.page.goto(`${job.origin}/login`);
+        break;
+      } catch (e) {
+        if (i >= 4 || !/ERR_NETWORK_CHANGED/.test(String(e))) throw e;
+        log(`${job.label}: network changed during the first load; retrying`);
+        await new Promise((r) => setTimeout(r, 500));
+      }
+    }
     const me = await enrol(user, job.link, { deviceName: `${job.label} in ${job.ns}` });
     log(`${job.label}: enrolled as ${me.name} on ${user.page.url()}`);
     const page = user.page;

@@ -81,6 +81,9 @@ function buildNetwork(res) {
 
   for (const ns of Object.values(NS)) {
     ip('netns', 'add', ns);
+    // IPv4 only: IPv6 duplicate-address detection finishing after Chromium started shows up
+    // in the browser as a network change (net::ERR_NETWORK_CHANGED) in the middle of a load.
+    spawnSync('ip', ['netns', 'exec', ns, 'sysctl', '-q', '-w', 'net.ipv6.conf.all.disable_ipv6=1', 'net.ipv6.conf.default.disable_ipv6=1']);
     ip('-n', ns, 'link', 'set', 'lo', 'up');
   }
   ip('-n', NS.srv, 'addr', 'add', `${SERVER_IP}/32`, 'dev', 'lo');
