@@ -490,13 +490,7 @@ pub async fn login_passkey_finish(
         return Err(login_failed());
     };
     let subject = format!("device:{}", device.id);
-    limited(
-        &app,
-        "login",
-        ip,
-        Limiters::check(&app.limiters.login_account, &user.id).map_err(Error::RateLimited),
-    )
-    .await?;
+    account_limit(&app, ip, &user.id).await?;
     if user_uuid(&user.id)? != uuid {
         login_refused(
             &app,
@@ -567,27 +561,53 @@ pub async fn login_passkey_finish(
         return Err(login_failed());
     }
     passkey.update_credential(&result);
+    let pk_json = serde_json::to_string(&passkey).map_err(|e| Error::Internal(e.to_string()))?;
+    let be = result.backup_eligible();
+    let detail = json!({"method": "passkey", "backup_eligible": be});
+    complete_login(
+        &app,
+        ip,
+        &headers,
+        &user,
+        &device,
+        Some((&pk_json, be)),
+        detail,
+    )
+    .await
+}
+
+/// Record a successful login (device use, new session, audit) in one transaction.
+async fn complete_login(
+    app: &AppRef,
+    ip: ClientIp,
+    headers: &HeaderMap,
+    user: &UserRow,
+    device: &DeviceRow,
+    passkey: Option<(&str, bool)>,
+    detail: serde_json::Value,
+) -> ApiResult<Response> {
     let now = unix_now();
     let mut tx = app.store.begin().await?;
-    let pk_json = serde_json::to_string(&passkey).map_err(|e| Error::Internal(e.to_string()))?;
-    tx.device_used(
-        &device.id,
-        Some(&pk_json),
-        Some(result.backup_eligible()),
-        now,
-    )
-    .await?;
-    let token = new_session(&app, &mut tx, &headers, &user, &device).await?;
+    tx.device_used(&device.id, passkey.map(|p| p.0), passkey.map(|p| p.1), now)
+        .await?;
+    let token = new_session(app, &mut tx, headers, user, device).await?;
     tx.audit(app.entry(
         "login.succeeded",
         &format!("user:{}/device:{}", user.name, device.id),
         &format!("user:{}", user.name),
         &ip.0.to_string(),
-        json!({"method": "passkey", "backup_eligible": result.backup_eligible()}),
+        detail,
     ))
     .await?;
     tx.commit().await?;
-    Ok(logged_in(&app, &token, me_of(&user, &device)))
+    Ok(logged_in(app, &token, me_of(user, device)))
+}
+
+/// Per-account login limit (after the account is known), audited like the per-address one.
+async fn account_limit(app: &AppRef, ip: ClientIp, user_id: &str) -> ApiResult<()> {
+    let r = Limiters::check(&app.limiters.login_account, &user_id.to_string())
+        .map_err(Error::RateLimited);
+    limited(app, "login", ip, r).await
 }
 
 pub async fn login_software_start(
@@ -630,13 +650,7 @@ pub async fn login_software_finish(
         login_refused(&app, ip, &subject, "unknown device").await?;
         return Err(login_failed());
     };
-    limited(
-        &app,
-        "login",
-        ip,
-        Limiters::check(&app.limiters.login_account, &user.id).map_err(Error::RateLimited),
-    )
-    .await?;
+    account_limit(&app, ip, &user.id).await?;
     let key = device
         .public_key
         .as_deref()
@@ -664,20 +678,16 @@ pub async fn login_software_finish(
             "This device or account has been revoked.".into(),
         ));
     }
-    let now = unix_now();
-    let mut tx = app.store.begin().await?;
-    tx.device_used(&device.id, None, None, now).await?;
-    let token = new_session(&app, &mut tx, &headers, &user, &device).await?;
-    tx.audit(app.entry(
-        "login.succeeded",
-        &format!("user:{}/device:{}", user.name, device.id),
-        &format!("user:{}", user.name),
-        &ip.0.to_string(),
+    complete_login(
+        &app,
+        ip,
+        &headers,
+        &user,
+        &device,
+        None,
         json!({"method": "software"}),
-    ))
-    .await?;
-    tx.commit().await?;
-    Ok(logged_in(&app, &token, me_of(&user, &device)))
+    )
+    .await
 }
 
 pub async fn logout(State(app): State<AppRef>, headers: HeaderMap) -> ApiResult<Response> {
