@@ -424,19 +424,10 @@ impl Signaling {
     /// The next server message (pongs included); `None` when the socket closed or `within`
     /// passed.
     pub async fn next(&mut self, within: Duration) -> Result<Option<ServerMsg>> {
-        loop {
-            let Ok(m) = tokio::time::timeout(within, self.stream.next()).await else {
-                return Ok(None);
-            };
-            match m {
-                None | Some(Ok(Message::Close(_))) | Some(Err(_)) => return Ok(None),
-                Some(Ok(Message::Text(t))) => {
-                    return serde_json::from_str(t.as_str())
-                        .map(Some)
-                        .map_err(|e| Error::Protocol(format!("{e}: {t}")))
-                }
-                Some(Ok(_)) => continue,
-            }
+        // `recv` is cancel-safe, so a timeout loses no message.
+        match tokio::time::timeout(within, self.recv()).await {
+            Ok(r) => r,
+            Err(_) => Ok(None),
         }
     }
 
