@@ -121,7 +121,11 @@ audio_muted: boolean, video_muted: boolean, screen: boolean,
 /**
  * Its media transport is connected (DTLS-SRTP up).
  */
-media_connected: boolean, };
+media_connected: boolean, 
+/**
+ * Its signaling connection dropped; it keeps its place for the reconnect grace period.
+ */
+away: boolean, };
 
 export type Source = "microphone" | "camera" | "screen" | "screen_audio";
 

@@ -335,6 +335,8 @@ pub struct Participant {
     pub screen: bool,
     /// Its media transport is connected (DTLS-SRTP up).
     pub media_connected: bool,
+    /// Its signaling connection dropped; it keeps its place for the reconnect grace period.
+    pub away: bool,
 }
 
 /// Where a published track comes from (also the SFrame context id of the E2EE issue).

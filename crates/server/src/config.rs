@@ -131,6 +131,14 @@ pub struct FileConfig {
     pub enrolment: EnrolmentLimits,
     /// Joining is allowed this many seconds before a meeting's start. [default: 600]
     pub early_join_secs: Option<i64>,
+    /// An admitted participant whose signaling connection drops keeps its place (shown as
+    /// reconnecting, media stopped) this long; the same device rejoining within it skips the
+    /// lobby (every other admission check still applies). [default: 20]
+    pub reconnect_grace_secs: Option<u64>,
+    /// A media transport not connected this long after the first offer ends participation
+    /// (`media_failed`), e.g. when every path comes from a network the level refuses.
+    /// [default: 15]
+    pub media_connect_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -199,6 +207,8 @@ pub struct Config {
     pub session: SessionLimits,
     pub enrolment: EnrolmentLimits,
     pub early_join_secs: i64,
+    pub reconnect_grace: std::time::Duration,
+    pub media_connect_timeout: std::time::Duration,
 }
 
 impl Config {
@@ -317,6 +327,12 @@ impl Config {
             session: file.session.clone(),
             enrolment: file.enrolment.clone(),
             early_join_secs: file.early_join_secs.unwrap_or(600),
+            reconnect_grace: std::time::Duration::from_secs(
+                file.reconnect_grace_secs.unwrap_or(20).min(300),
+            ),
+            media_connect_timeout: std::time::Duration::from_secs(
+                file.media_connect_timeout_secs.unwrap_or(15).clamp(1, 300),
+            ),
         };
         let mut cfg = cfg;
         cfg.networks.local_mode =

@@ -42,6 +42,25 @@ struct Member {
     participant: Participant,
     lobby: LobbyEntry,
     user_id: String,
+    device_id: String,
+    session_hash: String,
+    /// The socket is gone; the member keeps its place until the reconnect grace ends.
+    away: bool,
+}
+
+impl Member {
+    fn new(g: &Inner, socket: SocketId, participant: Participant, lobby: LobbyEntry) -> Member {
+        let h = g.sockets.get(&socket);
+        Member {
+            socket,
+            participant,
+            lobby,
+            user_id: h.map(|h| h.user_id.clone()).unwrap_or_default(),
+            device_id: h.map(|h| h.device_id.clone()).unwrap_or_default(),
+            session_hash: h.map(|h| h.session_hash.clone()).unwrap_or_default(),
+            away: false,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -151,10 +170,67 @@ impl Hub {
         self.drop_media(socket);
         let mut g = self.lock();
         g.sockets.remove(&socket);
-        let rooms: Vec<String> = g.rooms.keys().cloned().collect();
+        let rooms: Vec<String> = g
+            .rooms
+            .iter()
+            .filter(|(_, r)| {
+                r.admitted.iter().any(|m| m.socket == socket && !m.away)
+                    || r.lobby.iter().any(|m| m.socket == socket)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
         for room in rooms {
             remove_from_room(&mut g, &room, socket);
         }
+    }
+
+    /// The admitted socket's connection dropped: its media stops now, its place is kept (shown
+    /// as away) until [`Hub::expire_away`] or a rejoin from the same device.
+    pub fn go_away(&self, meeting_id: &str, socket: SocketId) -> bool {
+        self.drop_media(socket);
+        let mut g = self.lock();
+        let Some(m) = g
+            .rooms
+            .get_mut(meeting_id)
+            .and_then(|r| r.admitted.iter_mut().find(|m| m.socket == socket))
+        else {
+            return false;
+        };
+        m.away = true;
+        m.participant.away = true;
+        m.participant.media_connected = false;
+        broadcast_participants(&g, meeting_id);
+        true
+    }
+
+    /// The grace period of an away member ended: it leaves. False when it came back, or was
+    /// removed some other way meanwhile.
+    pub fn expire_away(&self, meeting_id: &str, socket: SocketId) -> bool {
+        let mut g = self.lock();
+        let still_away = g
+            .rooms
+            .get(meeting_id)
+            .is_some_and(|r| r.admitted.iter().any(|m| m.socket == socket && m.away));
+        if still_away {
+            remove_from_room(&mut g, meeting_id, socket);
+        }
+        still_away
+    }
+
+    /// The participant an away member of this (user, device) had, if one is waiting for it.
+    pub fn away_member(
+        &self,
+        meeting_id: &str,
+        user_id: &str,
+        device_id: &str,
+    ) -> Option<Participant> {
+        let g = self.lock();
+        g.rooms.get(meeting_id).and_then(|r| {
+            r.admitted
+                .iter()
+                .find(|m| m.away && m.user_id == user_id && m.device_id == device_id)
+                .map(|m| m.participant.clone())
+        })
     }
 
     /// Admitted participants of a meeting (count used by the capacity rule).
@@ -165,11 +241,7 @@ impl Hub {
             .map(|r| {
                 r.admitted
                     .iter()
-                    .filter(|m| {
-                        g.sockets
-                            .get(&m.socket)
-                            .is_some_and(|s| s.device_id != except_device)
-                    })
+                    .filter(|m| m.device_id != except_device)
                     .count() as u32
             })
             .unwrap_or(0)
@@ -185,9 +257,8 @@ impl Hub {
                 r.admitted
                     .iter()
                     .chain(&r.lobby)
+                    .filter(|m| m.socket != socket && m.device_id == device_id)
                     .map(|m| m.socket)
-                    .filter(|s| *s != socket)
-                    .filter(|s| g.sockets.get(s).is_some_and(|h| h.device_id == device_id))
                     .collect()
             })
             .unwrap_or_default();
@@ -212,13 +283,10 @@ impl Hub {
         lobby: LobbyEntry,
     ) {
         let mut g = self.lock();
+        let member = Member::new(&g, socket, participant, lobby);
+        debug_assert_eq!(member.user_id, user_id);
         let room = room_entry(&mut g, meeting_id);
-        room.lobby.push(Member {
-            socket,
-            participant,
-            lobby,
-            user_id: user_id.into(),
-        });
+        room.lobby.push(member);
         notify_hosts(&g, meeting_id);
     }
 
@@ -234,15 +302,12 @@ impl Hub {
         lobby: LobbyEntry,
     ) -> Vec<Participant> {
         let mut g = self.lock();
+        let member = Member::new(&g, socket, participant, lobby);
+        debug_assert_eq!(member.user_id, user_id);
         let room = room_entry(&mut g, meeting_id);
         room.info = Some(info);
         room.lobby.retain(|m| m.socket != socket);
-        room.admitted.push(Member {
-            socket,
-            participant,
-            lobby,
-            user_id: user_id.into(),
-        });
+        room.admitted.push(member);
         let list = participants(room);
         broadcast_participants(&g, meeting_id);
         notify_hosts(&g, meeting_id);
@@ -334,10 +399,31 @@ impl Hub {
     }
 
     /// Close every socket matching `pred` with `reason`.
-    fn close_where(&self, reason: RefusalReason, pred: impl Fn(&SocketHandle) -> bool) -> usize {
-        let g = self.lock();
+    /// `pred` is asked with (user id, device id, session hash).
+    fn close_where(&self, reason: RefusalReason, pred: impl Fn(&str, &str, &str) -> bool) -> usize {
+        let mut g = self.lock();
+        // Away members of the same sessions lose their place too (no socket to tell).
+        let away: Vec<(String, SocketId)> = g
+            .rooms
+            .iter()
+            .flat_map(|(id, r)| {
+                r.admitted
+                    .iter()
+                    .filter(|m| m.away)
+                    .filter(|m| pred(&m.user_id, &m.device_id, &m.session_hash))
+                    .map(|m| (id.clone(), m.socket))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for (meeting, socket) in away {
+            remove_from_room(&mut g, &meeting, socket);
+        }
         let mut n = 0;
-        for (id, h) in g.sockets.iter().filter(|(_, h)| pred(h)) {
+        for (id, h) in g
+            .sockets
+            .iter()
+            .filter(|(_, h)| pred(&h.user_id, &h.device_id, &h.session_hash))
+        {
             // Media stops at the decision, before the socket task even wakes up.
             if let Some(m) = self.media.get() {
                 m.remove(*id);
@@ -362,15 +448,15 @@ impl Hub {
     }
 
     pub fn close_device(&self, device_id: &str, reason: RefusalReason) -> usize {
-        self.close_where(reason, |h| h.device_id == device_id)
+        self.close_where(reason, |_, d, _| d == device_id)
     }
 
     pub fn close_user(&self, user_id: &str, reason: RefusalReason) -> usize {
-        self.close_where(reason, |h| h.user_id == user_id)
+        self.close_where(reason, |u, _, _| u == user_id)
     }
 
     pub fn close_session(&self, session_hash: &str, reason: RefusalReason) -> usize {
-        self.close_where(reason, |h| h.session_hash == session_hash)
+        self.close_where(reason, |_, _, s| s == session_hash)
     }
 
     /// Sockets in a meeting as (socket, user id) — used to re-check invitations.
@@ -404,13 +490,12 @@ fn room_entry<'a>(g: &'a mut Inner, meeting_id: &str) -> &'a mut Room {
     g.rooms.get_mut(meeting_id).expect("inserted above")
 }
 
-fn found(g: &Inner, m: &Member) -> Option<Found> {
-    let h = g.sockets.get(&m.socket)?;
+fn found(_g: &Inner, m: &Member) -> Option<Found> {
     Some(Found {
         socket: m.socket,
-        user_id: h.user_id.clone(),
+        user_id: m.user_id.clone(),
         user_name: m.participant.user_name.clone(),
-        device_id: h.device_id.clone(),
+        device_id: m.device_id.clone(),
     })
 }
 

@@ -27,6 +27,8 @@ pub enum MediaEvent {
     Connected,
     /// The media path (first, or changed): re-check the network rule.
     Path(SocketAddr),
+    /// A connectivity check came from a source the level refuses (dropped, not used).
+    PathRefused(SocketAddr),
     /// The transport ended inside the SFU (peer error, closed).
     Ended(String),
 }
@@ -122,6 +124,7 @@ struct Part {
 pub async fn start(
     bind: SocketAddr,
     advertise: Option<SocketAddr>,
+    connect_timeout: std::time::Duration,
     events: mpsc::UnboundedSender<(u64, MediaEvent)>,
 ) -> anyhow::Result<MediaHandle> {
     let socket = UdpSocket::bind(bind).await?;
@@ -132,8 +135,9 @@ pub async fn start(
             "media is bound to {local}: set an address to advertise to clients (--media-advertise)"
         );
     }
-    let sfu =
-        Sfu::new(SfuConfig::new(vec![advertised])).map_err(|e| anyhow::anyhow!("SFU: {e}"))?;
+    let mut config = SfuConfig::new(vec![advertised]);
+    config.connect_timeout = connect_timeout;
+    let sfu = Sfu::new(config).map_err(|e| anyhow::anyhow!("SFU: {e}"))?;
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(run(sfu, socket, advertised, rx, events));
     Ok(MediaHandle {
@@ -254,6 +258,12 @@ async fn drain(
                     ..
                 } => {
                     let _ = events.send((participant.0, MediaEvent::Path(remote)));
+                }
+                Event::PathRefused {
+                    participant,
+                    remote,
+                } => {
+                    let _ = events.send((participant.0, MediaEvent::PathRefused(remote)));
                 }
                 Event::SessionEnded {
                     participant,

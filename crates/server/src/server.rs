@@ -126,6 +126,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let media = crate::media::start(
         app.config.media_listen,
         app.config.media_advertise,
+        app.config.media_connect_timeout,
         events_tx,
     )
     .await
@@ -247,6 +248,37 @@ async fn route_media_events(
             MediaEvent::Connected => app
                 .hub
                 .update_participant(socket, |p| p.media_connected = true),
+            MediaEvent::PathRefused(remote) => {
+                // Audited and shown; the session itself ends only if no allowed path comes up
+                // within the connect timeout (a spoofed request must not end a call).
+                let Some((_, info)) = app.hub.media_room(socket) else {
+                    continue;
+                };
+                let zone = app.config.networks.zone_for(remote.ip());
+                let who = app.hub.socket_actor(socket).unwrap_or_default();
+                let entry = app.entry(
+                    "media.path_refused",
+                    &who,
+                    &format!("meeting:{}", info.id),
+                    &remote.ip().to_string(),
+                    serde_json::json!({"zone": zone.label(), "level": info.level.as_str(), "at": "ice"}),
+                );
+                if let Err(e) = app.audit_alone(entry).await {
+                    tracing::error!(%e, "audit of a refused media path failed");
+                }
+                app.hub.send(
+                    socket,
+                    Notice::Send(ServerMsg::Error {
+                        code: "media_path_refused".into(),
+                        message: format!(
+                            "Media from {} ({}) is not allowed for this {} meeting; it was not used.",
+                            remote.ip(),
+                            zone.label(),
+                            info.level.as_str()
+                        ),
+                    }),
+                );
+            }
             MediaEvent::Path(remote) => {
                 let Some((_, info)) = app.hub.media_room(socket) else {
                     continue;

@@ -126,11 +126,14 @@ impl Socket {
             state: self.state(),
         };
         if send(&mut ws, &hello).await.is_err() {
-            self.finish().await;
+            self.finish(false).await;
             return;
         }
         let mut recheck = tokio::time::interval(RECHECK);
         recheck.tick().await;
+        // A connection that ends without a normal close (code 1000) dropped: the participant
+        // keeps its place for the reconnect grace.
+        let mut dropped = true;
         let close_reason = loop {
             let flow = tokio::select! {
                 incoming = ws.recv() => match incoming {
@@ -140,7 +143,11 @@ impl Socket {
                         Flow::Continue
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => Flow::Continue,
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break None,
+                    Some(Ok(Message::Close(frame))) => {
+                        dropped = frame.is_none_or(|f| f.code != 1000);
+                        break None;
+                    }
+                    None | Some(Err(_)) => break None,
                 },
                 notice = recv(&mut self.rx) => self.on_notice(&mut ws, notice).await,
                 _ = recheck.tick() => self.recheck().await,
@@ -158,15 +165,61 @@ impl Socket {
                 })))
                 .await;
         }
-        self.finish().await;
+        self.finish(dropped && close_reason.is_none()).await;
     }
 
-    /// Leave whatever meeting this socket is in and forget it.
-    async fn finish(&mut self) {
+    /// Leave whatever meeting this socket is in and forget it. A connection that dropped (not
+    /// one the server ended) keeps an admitted participant's place for the reconnect grace.
+    async fn finish(&mut self, dropped: bool) {
+        if dropped {
+            self.go_away().await;
+        }
         self.leave_meeting("disconnected").await;
         if let Some(id) = self.id.take() {
             self.app.hub.unregister(id);
         }
+    }
+
+    /// The admitted participant's connection dropped: media stops at once, the place is kept
+    /// for `reconnect_grace`; after it, the participant has left.
+    async fn go_away(&mut self) {
+        let (Some(c), Some(id), Some((a, _))) = (&self.current, self.id, &self.authed) else {
+            return;
+        };
+        if !c.admitted || !self.app.hub.go_away(&c.meeting.id, id) {
+            return;
+        }
+        let c = self.current.take().expect("checked above");
+        let app = self.app.clone();
+        let actor = a.actor();
+        let src = self.ip.0.to_string();
+        let subject = format!("meeting:{}", c.meeting.id);
+        let grace = app.config.reconnect_grace;
+        let e = app.entry(
+            "participant.away",
+            &actor,
+            &subject,
+            &src,
+            json!({"participant": c.participant.id, "grace_secs": grace.as_secs()}),
+        );
+        if let Err(err) = app.audit_alone(e).await {
+            tracing::error!(%err, "audit of a dropped connection failed");
+        }
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            if app.hub.expire_away(&c.meeting.id, id) {
+                let e = app.entry(
+                    "participant.left",
+                    &actor,
+                    &subject,
+                    &src,
+                    json!({"how": "disconnected", "participant": c.participant.id}),
+                );
+                if let Err(err) = app.audit_alone(e).await {
+                    tracing::error!(%err, "audit of a departure failed");
+                }
+            }
+        });
     }
 
     async fn leave_meeting(&mut self, why: &str) {
@@ -456,6 +509,20 @@ impl Socket {
             .as_ref()
             .map(|a| a.actor())
             .unwrap_or_else(|| "anonymous".into());
+        // The same device coming back within the reconnect grace keeps its place: it skips the
+        // lobby (it was admitted already); every other check above still applied.
+        let resumed = match (&invited, &authed, &decision) {
+            (Some(im), Some(a), Decision::Admit | Decision::Lobby) => {
+                app.hub
+                    .away_member(&im.meeting.id, &a.user.id, &a.device.id)
+            }
+            _ => None,
+        };
+        let decision = if resumed.is_some() {
+            Decision::Admit
+        } else {
+            decision
+        };
         let (Some(im), Some(a), Decision::Admit | Decision::Lobby) = (&invited, &authed, &decision)
         else {
             let reason = match decision {
@@ -503,7 +570,10 @@ impl Socket {
             capacity: m.capacity as u32,
         };
         let participant = Participant {
-            id: sealroom_store::random_id(),
+            id: resumed
+                .as_ref()
+                .map(|p| p.id.clone())
+                .unwrap_or_else(sealroom_store::random_id),
             user_name: a.user.name.clone(),
             display_name: a.user.display_name.clone(),
             device_name: a.device.name.clone(),
@@ -514,6 +584,7 @@ impl Socket {
             video_muted: false,
             screen: false,
             media_connected: false,
+            away: false,
         };
         let lobby_entry = LobbyEntry {
             id: participant.id.clone(),
@@ -532,7 +603,7 @@ impl Socket {
             &actor,
             &format!("meeting:{}", m.id),
             &src,
-            json!({"participant": participant.id, "network": zone.label(), "device_kind": a.device.kind().as_str(), "host": host}),
+            json!({"participant": participant.id, "network": zone.label(), "device_kind": a.device.kind().as_str(), "host": host, "resumed": resumed.is_some()}),
         ))
         .await?;
         app.hub.replace_device(&m.id, &a.device.id, socket);

@@ -412,3 +412,83 @@ async fn a_new_device_is_announced_to_the_users_other_devices_and_to_admins() {
     // Other users hear nothing.
     assert!(e.try_next(Duration::from_millis(300)).await.is_none());
 }
+
+#[tokio::test]
+async fn a_dropped_connection_keeps_the_place_for_the_grace_period_only() {
+    let s = server_with(|c| c.reconnect_grace = Duration::from_secs(2)).await;
+    let host = s.passkey_user("hana", Role::Organiser).await;
+    let bob = s.member("bob").await;
+    let id = s
+        .meeting("hana", meeting_req(Level::Open, &["bob"], &[], true))
+        .await;
+    let mut h = host.ws().await;
+    assert!(matches!(h.join(&id).await, ServerMsg::Admitted { .. }));
+    let mut b = bob.ws().await;
+    assert!(matches!(b.join(&id).await, ServerMsg::Lobby));
+    let ServerMsg::LobbyUpdate { waiting } = h
+        .expect(
+            "bob waits",
+            |m| matches!(m, ServerMsg::LobbyUpdate { waiting } if waiting.len() == 1),
+        )
+        .await
+    else {
+        unreachable!()
+    };
+    h.send(&ClientMsg::Admit {
+        participant_id: waiting[0].id.clone(),
+    })
+    .await;
+    let ServerMsg::Admitted { you, .. } = b
+        .expect("admitted", |m| matches!(m, ServerMsg::Admitted { .. }))
+        .await
+    else {
+        unreachable!()
+    };
+
+    // The connection drops (no close frame): bob is shown as away, not gone.
+    drop(b);
+    let away = |m: &ServerMsg, want: bool| match m {
+        ServerMsg::Participants { participants } => participants
+            .iter()
+            .any(|p| p.user_name == "bob" && p.away == want),
+        _ => false,
+    };
+    h.expect("bob away", |m| away(m, true)).await;
+
+    // Back within the grace: admitted at once (no lobby), same participant id.
+    let mut b = bob.ws().await;
+    let ServerMsg::Admitted { you: again, .. } = b.join(&id).await else {
+        panic!("a reconnect within the grace skips the lobby")
+    };
+    assert_eq!(again, you);
+    h.expect("bob back", |m| away(m, false)).await;
+
+    // The grace does not bypass the other rules: while away, a lock keeps bob out.
+    drop(b);
+    h.expect("bob away again", |m| away(m, true)).await;
+    h.send(&ClientMsg::Lock { locked: true }).await;
+    h.expect(
+        "locked",
+        |m| matches!(m, ServerMsg::MeetingUpdate { meeting } if meeting.locked),
+    )
+    .await;
+    let mut b = bob.ws().await;
+    assert_eq!(
+        refused_reason(&b.join(&id).await),
+        Some(RefusalReason::Locked)
+    );
+    h.send(&ClientMsg::Lock { locked: false }).await;
+
+    // Past the grace, bob has left; a rejoin is a new admission through the lobby.
+    let t = Instant::now();
+    h.expect("bob gone", |m| {
+        matches!(m, ServerMsg::Participants { .. }) && participants_of(m) == vec!["hana"]
+    })
+    .await;
+    println!("away participant removed {:?} after the lock", t.elapsed());
+    assert!(matches!(b.join(&id).await, ServerMsg::Lobby));
+    let out = s.cli(&["audit", "show", "--meeting", &id]).await;
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(log.contains("participant.away"), "{log}");
+    assert!(log.contains("\"resumed\":true"), "{log}");
+}

@@ -512,3 +512,88 @@ async fn cli_join_with_media_reports_frames_per_remote_participant() {
     assert!(session.stats().tracks.iter().any(|t| t.frames > 10));
     session.stop().await;
 }
+
+/// DESIGN §7: media from a network the level does not allow is dropped at the demux (never
+/// bound, never nominated), audited, shown to the participant, and with no allowed path the
+/// participation ends with `media_failed`. An allowed path in the same meeting is audited as
+/// `media.path` and works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_from_a_network_the_level_refuses_is_never_used_and_ends_participation() {
+    let internal: ipnet::IpNet = "127.0.0.1/32".parse().expect("range");
+    let s = server_with(|c| {
+        c.networks.local_mode = false;
+        c.levels.internal.networks = vec![internal];
+        c.networks.known_ranges = vec![internal];
+        c.media_connect_timeout = Duration::from_secs(3);
+    })
+    .await;
+    s.user("hana", Role::Organiser).await;
+    let bob = s.member("bob").await;
+    let carol = s.member("carol").await;
+    let id = s
+        .meeting(
+            "hana",
+            meeting_req(Level::Internal, &["bob", "carol"], &[], false),
+        )
+        .await;
+
+    // Carol's signaling and media both come from 127.0.0.1: allowed.
+    let (carol_media, _) = join_with_media(&carol, &id).await;
+    assert!(
+        until(Duration::from_secs(5), || carol_media
+            .stats()
+            .connected_after
+            .is_some())
+        .await,
+        "carol's allowed path connects"
+    );
+
+    // Bob's signaling comes from 127.0.0.1 (admitted), his media from 127.0.0.2.
+    let mut ws = bob.ws().await;
+    let since = Instant::now();
+    assert!(matches!(ws.join(&id).await, ServerMsg::Admitted { .. }));
+    let opts = MediaOptions {
+        bind: SocketAddr::from(([127, 0, 0, 2], 0)),
+        since,
+        ..MediaOptions::default()
+    };
+    let mut bob_media = MediaSession::start(ws.sig, opts)
+        .await
+        .expect("media starts");
+    let m = expect_event(
+        &mut bob_media,
+        "media_path_refused",
+        |m| matches!(m, ServerMsg::Error { code, .. } if code == "media_path_refused"),
+    )
+    .await;
+    println!("bob was told: {m:?}");
+    let m = expect_event(&mut bob_media, "media_failed", |m| {
+        matches!(m, ServerMsg::Refused { .. })
+    })
+    .await;
+    println!("participation ended {:?} after join", since.elapsed());
+    assert_eq!(refused_reason(&m), Some(RefusalReason::MediaFailed));
+    let bob_stats = bob_media.stats();
+    assert!(
+        bob_stats.connected_after.is_none(),
+        "the refused path never connected"
+    );
+    assert!(bob_stats.tracks.iter().all(|t| t.frames == 0));
+
+    let out = s.cli(&["audit", "show", "--meeting", &id]).await;
+    let log = String::from_utf8_lossy(&out.stdout);
+    let refused: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("media.path_refused"))
+        .collect();
+    assert_eq!(refused.len(), 1, "one entry per refused source:\n{log}");
+    assert!(refused[0].contains("127.0.0.2"), "{}", refused[0]);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("media.path") && l.contains("127.0.0.1") && !l.contains("refused")),
+        "carol's path is audited:\n{log}"
+    );
+    let (carol_stats, _) = carol_media.stop().await;
+    assert!(carol_stats.connected_after.is_some());
+    let _ = bob_media.stop().await;
+}

@@ -32,6 +32,10 @@ pub struct SfuConfig {
     pub initial_bitrate_bps: u64,
     /// What the estimator probes towards for each subscriber.
     pub desired_bitrate_bps: u64,
+    /// A participant whose DTLS-SRTP is not up this long after it was added (for example
+    /// because every path it tried comes from a network its rule refuses) is ended with
+    /// [`crate::SessionError::NeverConnected`].
+    pub connect_timeout: Duration,
 }
 
 impl SfuConfig {
@@ -42,6 +46,7 @@ impl SfuConfig {
             keyframe_request_interval: Duration::from_millis(1000),
             initial_bitrate_bps: 600_000,
             desired_bitrate_bps: 2_500_000,
+            connect_timeout: Duration::from_secs(15),
         }
     }
 }

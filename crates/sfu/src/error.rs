@@ -75,13 +75,19 @@ pub enum SessionError {
     /// str0m failed while producing output or writing media.
     #[error("internal: {0}")]
     Internal(String),
+    /// DTLS-SRTP did not come up within [`crate::SfuConfig::connect_timeout`] (no allowed
+    /// path, or the peer gave up).
+    #[error("no connection within the connect timeout")]
+    NeverConnected,
 }
 
 impl SessionError {
     /// Who is at fault.
     pub fn fault(&self) -> Fault {
         match self {
-            SessionError::ClosedByPeer | SessionError::PeerInput(_) => Fault::Peer,
+            SessionError::ClosedByPeer
+            | SessionError::PeerInput(_)
+            | SessionError::NeverConnected => Fault::Peer,
             SessionError::Internal(_) => Fault::Internal,
         }
     }

@@ -39,6 +39,7 @@ pub use config::{ParticipantConfig, ParticipantId, RoomId, SfuConfig, SourceFilt
 pub use error::{Fault, SessionError, SfuError};
 pub use sfu::{
     Counters, Event, Input, Output, ParticipantInfo, Sfu, Subscription, SubscriptionState, TrackId,
+    MAX_REFUSED_SOURCES,
 };
 pub use simulcast::AUDIO_RESERVE_BPS;
 /// str0m types that appear in this crate's API.

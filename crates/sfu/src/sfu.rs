@@ -100,6 +100,18 @@ pub enum Event {
         /// The participant's address.
         remote: SocketAddr,
     },
+    /// A binding request for the participant came from a source its network rule refuses; it
+    /// was dropped before str0m. Reported once per source (at most
+    /// [`MAX_REFUSED_SOURCES`] per participant): the server audits it. It does not end the
+    /// session by itself (a multi-homed client may also try an allowed path, and a spoofed
+    /// request must not be able to end a call); a participant with no allowed path is ended
+    /// after [`crate::SfuConfig::connect_timeout`].
+    PathRefused {
+        /// Who.
+        participant: ParticipantId,
+        /// Where the request came from.
+        remote: SocketAddr,
+    },
     /// A participant started sending a track; the others in its room are offered it.
     TrackPublished {
         /// The track.
@@ -132,6 +144,9 @@ pub enum Event {
         reason: SessionError,
     },
 }
+
+/// How many refused sources are reported per participant (the rest are only counted).
+pub const MAX_REFUSED_SOURCES: usize = 8;
 
 /// Datagram and keyframe counters of the whole SFU.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -270,6 +285,10 @@ struct Participant {
     tracks_out: Vec<TrackOut>,
     path: Option<(SocketAddr, SocketAddr)>,
     connected: bool,
+    /// When the participant was added (for the connect timeout).
+    added: Instant,
+    /// Sources refused by the network rule, already reported.
+    refused_sources: Vec<SocketAddr>,
     timeout: Instant,
     estimate_bps: u64,
     kf_forwarded: u64,
@@ -403,6 +422,8 @@ impl Sfu {
                 tracks_out: Vec::new(),
                 path: None,
                 connected: false,
+                added: now,
+                refused_sources: Vec::new(),
                 timeout: now,
                 estimate_bps: self.config.initial_bitrate_bps,
                 kf_forwarded: 0,
@@ -557,6 +578,23 @@ impl Sfu {
                     });
                     if !allowed {
                         self.counters.dropped_disallowed_source += 1;
+                        let report = self.participants.get_mut(&id).is_some_and(|p| {
+                            let new = p.refused_sources.len() < MAX_REFUSED_SOURCES
+                                && !p.refused_sources.contains(&source);
+                            if new {
+                                p.refused_sources.push(source);
+                            }
+                            new
+                        });
+                        if report {
+                            self.push_event(
+                                None,
+                                Event::PathRefused {
+                                    participant: id,
+                                    remote: source,
+                                },
+                            );
+                        }
                         return;
                     }
                     self.feed(now, id, source, destination, contents, true);
@@ -577,7 +615,12 @@ impl Sfu {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.touch(now);
         let mut failed = Vec::new();
+        let connect_timeout = self.config.connect_timeout;
         for (id, p) in &mut self.participants {
+            if !p.connected && now.saturating_duration_since(p.added) >= connect_timeout {
+                failed.push((*id, SessionError::NeverConnected));
+                continue;
+            }
             if p.timeout <= now {
                 if let Err(e) = p.rtc.handle_input(str0m::Input::Timeout(now)) {
                     failed.push((*id, session_error(&e)));
@@ -605,7 +648,13 @@ impl Sfu {
         let next = self
             .participants
             .values()
-            .map(|p| p.timeout)
+            .map(|p| {
+                if p.connected {
+                    p.timeout
+                } else {
+                    p.timeout.min(p.added + self.config.connect_timeout)
+                }
+            })
             .min()
             .unwrap_or(now + IDLE_TIMEOUT);
         Output::Timeout(next.max(now))
