@@ -1,9 +1,9 @@
-// Helpers of the call tests: reading WebRTC statistics out of a page (through the
-// `window.__sealroom` hook of web/src/call/media.ts) and mapping them to participants with the
-// `media_tracks` list the page received.
+// Helpers of the call tests: setting up a meeting with users in one browser, reading WebRTC
+// statistics out of a page (through the `window.__sealroom` hook of web/src/call/media.ts) and
+// mapping them to participants with the `media_tracks` list the page received.
 
 import assert from 'node:assert/strict';
-import { log, withTimeout } from './lib.js';
+import { cli, cliLink, enrol, launchBrowser, log, meetingState, newUser, rawRequest, startServer, tid, withTimeout } from './lib.js';
 
 /** The Trusted Types policy the web client creates to start its frame-transform worker. */
 export const WORKER_POLICY = 'sealroom-worker';
@@ -86,6 +86,51 @@ export async function outbound(page) {
     });
     return out;
   });
+}
+
+/**
+ * Server, one browser, the admin (first admin, enrolled from the printed link) and `others`
+ * (users added and enrolled from CLI links), and a meeting of `level` hosted by admin that
+ * invites them (with a lobby when `lobby`). Checks first that the server's CSP lets the client
+ * start its transform worker. `config` is the server's TOML configuration.
+ */
+export async function setupCall(res, others, level = 'open', { lobby = false, config } = {}) {
+  const server = await startServer(res, { config });
+  const { origin, dataDir } = server;
+
+  // The client starts its frame-transform worker through a Trusted Types policy; the CSP must
+  // allow it or no call can start.
+  const page = await rawRequest(`${origin}/`, { headers: { Host: new URL(origin).host } });
+  assert.equal(page.status, 200, `GET / → ${page.status} ${page.text}`);
+  const csp = page.headers['content-security-policy'] ?? '';
+  const policyAllowed = new RegExp(`trusted-types[^;]*\\b${WORKER_POLICY}\\b`).test(csp);
+  const patchCsp = !policyAllowed && process.env.E2E_PATCH_CSP === '1';
+  assert.ok(policyAllowed || patchCsp, `the server's CSP must name the Trusted Types policy '${WORKER_POLICY}' (new Worker needs a TrustedScriptURL); it is: ${csp}`);
+  if (patchCsp) log(`WARNING: E2E_PATCH_CSP=1: the server's CSP lacks 'trusted-types ${WORKER_POLICY}'; running with the CSP bypassed`);
+
+  const browser = await launchBrowser(res);
+  // Development only: without the server fix, turn the page's CSP off altogether (rewriting the
+  // header does not work: intercepted documents fail Chromium's local-network checks).
+  const newCallUser = (label) => newUser(res, browser, label, { contextOptions: patchCsp ? { bypassCSP: true } : {} });
+
+  const users = { admin: await newCallUser('admin') };
+  await enrol(users.admin, server.firstAdminLink(), { expectName: 'Administrator' });
+  for (const name of others) {
+    const display = `${name[0].toUpperCase()}${name.slice(1)} Member`;
+    const added = await cli(dataDir, ['user', 'add', name, '--role', 'member', '--display-name', display]);
+    users[name] = await newCallUser(name);
+    await enrol(users[name], cliLink(server, added.enrolment_url), { expectName: display, deviceName: `${display}'s laptop` });
+  }
+  const meeting = await cli(dataDir, ['meeting', 'create', '--title', 'Design review', '--level', level, '--invite', others.join(','), '--host', 'admin', ...(lobby ? ['--lobby'] : [])]);
+  return { server, users, meeting, meetingUrl: `${origin}/m/${meeting.id}` };
+}
+
+/** Opens the meeting page and waits for the call screen; returns the participant id. */
+export async function joinCall(u, meetingUrl) {
+  await u.page.goto(meetingUrl);
+  await meetingState(u.page, 'admitted').waitFor();
+  await tid(u.page, 'self-tile').waitFor();
+  return tid(u.page, 'self-tile').getAttribute('data-participant');
 }
 
 /** Polls `check()` every `everyMs` until it returns a truthy value; that value is returned. */

@@ -8,31 +8,16 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
+import { REPO_DIR, assertClean, axeCheck, log, meetingState, refusal, tid, withResources } from './lib.js';
 import {
-  REPO_DIR,
-  assertClean,
-  axeCheck,
-  cli,
-  cliLink,
-  enrol,
-  launchBrowser,
-  log,
-  meetingState,
-  newUser,
-  rawRequest,
-  refusal,
-  startServer,
-  tid,
-  withResources,
-} from './lib.js';
-import {
-  WORKER_POLICY,
   assertDecodesAll,
   firstFrames,
   goneAt,
   inbound,
+  joinCall as join,
   mediaDump,
   outbound,
+  setupCall,
   startSampler,
   stopSampler,
   stopTime,
@@ -46,50 +31,6 @@ const REMOVAL_LIMIT_MS = 1000;
 const TIMEOUT_MS = 240_000;
 
 const tile = (page, id) => page.locator(`[data-testid=tile][data-participant="${id}"]`);
-
-/**
- * Server, one browser, the admin (first admin, enrolled from the printed link) and `others`
- * (users added and enrolled from CLI links), and a meeting of `level` hosted by admin that
- * invites them. Checks first that the server's CSP lets the client start its transform worker.
- */
-async function setupCall(res, others, level = 'open') {
-  const server = await startServer(res);
-  const { origin, dataDir } = server;
-
-  // The client starts its frame-transform worker through a Trusted Types policy; the CSP must
-  // allow it or no call can start.
-  const page = await rawRequest(`${origin}/`, { headers: { Host: new URL(origin).host } });
-  assert.equal(page.status, 200, `GET / → ${page.status} ${page.text}`);
-  const csp = page.headers['content-security-policy'] ?? '';
-  const policyAllowed = new RegExp(`trusted-types[^;]*\\b${WORKER_POLICY}\\b`).test(csp);
-  const patchCsp = !policyAllowed && process.env.E2E_PATCH_CSP === '1';
-  assert.ok(policyAllowed || patchCsp, `the server's CSP must name the Trusted Types policy '${WORKER_POLICY}' (new Worker needs a TrustedScriptURL); it is: ${csp}`);
-  if (patchCsp) log(`WARNING: E2E_PATCH_CSP=1: the server's CSP lacks 'trusted-types ${WORKER_POLICY}'; running with the CSP bypassed`);
-
-  const browser = await launchBrowser(res);
-  // Development only: without the server fix, turn the page's CSP off altogether (rewriting the
-  // header does not work: intercepted documents fail Chromium's local-network checks).
-  const newCallUser = (label) => newUser(res, browser, label, { contextOptions: patchCsp ? { bypassCSP: true } : {} });
-
-  const users = { admin: await newCallUser('admin') };
-  await enrol(users.admin, server.firstAdminLink(), { expectName: 'Administrator' });
-  for (const name of others) {
-    const display = `${name[0].toUpperCase()}${name.slice(1)} Member`;
-    const added = await cli(dataDir, ['user', 'add', name, '--role', 'member', '--display-name', display]);
-    users[name] = await newCallUser(name);
-    await enrol(users[name], cliLink(server, added.enrolment_url), { expectName: display, deviceName: `${display}'s laptop` });
-  }
-  const meeting = await cli(dataDir, ['meeting', 'create', '--title', 'Design review', '--level', level, '--invite', others.join(','), '--host', 'admin']);
-  return { server, users, meetingUrl: `${origin}/m/${meeting.id}` };
-}
-
-/** Opens the meeting page and waits for the call screen; returns the participant id. */
-async function join(u, meetingUrl) {
-  await u.page.goto(meetingUrl);
-  await meetingState(u.page, 'admitted').waitFor();
-  await tid(u.page, 'self-tile').waitFor();
-  return tid(u.page, 'self-tile').getAttribute('data-participant');
-}
 
 test('three-way call: everyone decodes everyone; mute stops packets; leave drops the tile; removal cuts media within 1 s', { timeout: TIMEOUT_MS }, async (t) => {
   await withResources(

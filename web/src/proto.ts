@@ -125,7 +125,12 @@ media_connected: boolean,
 /**
  * Its signaling connection dropped; it keeps its place for the reconnect grace period.
  */
-away: boolean, };
+away: boolean, 
+/**
+ * The enrolled device (as in its MLS credential): clients match MLS members to the
+ * participant list by (user name, device id) and flag disagreement either way.
+ */
+device_id: string, };
 
 export type Source = "microphone" | "camera" | "screen" | "screen_audio";
 
@@ -141,12 +146,12 @@ network: string, };
 
 export type RefusalReason = "not_found" | "device_revoked" | "device_kind_not_allowed" | "device_not_approved" | "network_not_allowed" | "too_early" | "too_late" | "locked" | "full" | "refused_by_host" | "removed_by_host" | "rate_limited" | "session_ended" | "media_failed";
 
-export type ClientMsg = { "type": "join", meeting_id: string, } | { "type": "leave" } | { "type": "admit", participant_id: string, } | { "type": "refuse", participant_id: string, } | { "type": "remove", participant_id: string, } | { "type": "lock", locked: boolean, } | { "type": "media_offer", sdp: string, sources: Array<MediaSource>, } | { "type": "media_answer", sdp: string, } | { "type": "media_state", audio_muted: boolean, video_muted: boolean, screen: boolean, } | { "type": "ping" };
+export type ClientMsg = { "type": "join", meeting_id: string, } | { "type": "leave" } | { "type": "admit", participant_id: string, } | { "type": "refuse", participant_id: string, } | { "type": "remove", participant_id: string, } | { "type": "lock", locked: boolean, } | { "type": "media_offer", sdp: string, sources: Array<MediaSource>, } | { "type": "media_answer", sdp: string, } | { "type": "media_state", audio_muted: boolean, video_muted: boolean, screen: boolean, } | { "type": "mls_bind", signature_key: string, } | { "type": "mls_key_package", key_package: string, } | { "type": "mls_group_info", group_info: string, } | { "type": "mls_commit", commit: string, welcome: string | null, } | { "type": "mls_app", message: string, } | { "type": "ping" };
 
 export type SocketState = "unauthenticated" | "authenticated" | "lobby" | "admitted";
 
 export type MeetingInfo = { id: string, title: string, level: Level, locked: boolean, lobby: boolean, capacity: number, };
 
-export type ServerMsg = { "type": "hello", state: SocketState, } | { "type": "refused", reason: RefusalReason, message: string, } | { "type": "lobby" } | { "type": "admitted", meeting: MeetingInfo, you: string, host: boolean, participants: Array<Participant>, } | { "type": "participants", participants: Array<Participant>, } | { "type": "lobby_update", waiting: Array<LobbyEntry>, } | { "type": "meeting_update", meeting: MeetingInfo, } | { "type": "left" } | { "type": "media_answer", sdp: string, } | { "type": "media_offer", sdp: string, } | { "type": "media_tracks", tracks: Array<RemoteTrack>, } | { "type": "device_added", user_name: string, device_name: string, device_kind: DeviceKind, } | { "type": "error", code: string, message: string, } | { "type": "pong" };
+export type ServerMsg = { "type": "hello", state: SocketState, } | { "type": "refused", reason: RefusalReason, message: string, } | { "type": "lobby" } | { "type": "admitted", meeting: MeetingInfo, you: string, host: boolean, participants: Array<Participant>, } | { "type": "participants", participants: Array<Participant>, } | { "type": "lobby_update", waiting: Array<LobbyEntry>, } | { "type": "meeting_update", meeting: MeetingInfo, } | { "type": "left" } | { "type": "media_answer", sdp: string, } | { "type": "media_offer", sdp: string, } | { "type": "media_tracks", tracks: Array<RemoteTrack>, } | { "type": "device_added", user_name: string, device_name: string, device_kind: DeviceKind, } | { "type": "mls_binding", credential: string, identity_key: string, server_id: string, group_id_prefix: string, } | { "type": "mls_create", group_id: string, } | { "type": "mls_proposal", message: string, } | { "type": "mls_commit", commit: string, epoch: bigint, } | { "type": "mls_welcome", welcome: string, } | { "type": "mls_rejected", reason: string, } | { "type": "mls_app", message: string, } | { "type": "error", code: string, message: string, } | { "type": "pong" };
 
-export const MAX_WS_MESSAGE = 65536;
+export const MAX_WS_MESSAGE = 393216;

@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 use ts_rs::TS;
 
 /// Largest WebSocket text message the server accepts, in bytes.
-pub const MAX_WS_MESSAGE: usize = 64 * 1024;
+/// MLS commits with a Welcome (which carries the ratchet tree) for a 100-member meeting are
+/// around 100 KiB in base64.
+pub const MAX_WS_MESSAGE: usize = 384 * 1024;
 
 /// A person's role. Admins manage users and devices; organisers create meetings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, TS)]
@@ -337,6 +339,9 @@ pub struct Participant {
     pub media_connected: bool,
     /// Its signaling connection dropped; it keeps its place for the reconnect grace period.
     pub away: bool,
+    /// The enrolled device (as in its MLS credential): clients match MLS members to the
+    /// participant list by (user name, device id) and flag disagreement either way.
+    pub device_id: String,
 }
 
 /// Where a published track comes from (also the SFrame context id of the E2EE issue).
@@ -490,6 +495,35 @@ pub enum ClientMsg {
         video_muted: bool,
         screen: bool,
     },
+    /// Admitted: ask the identity authority to bind this MLS signature public key (base64,
+    /// 32 bytes Ed25519) to this socket's (user, device) for this meeting. Answered by
+    /// `mls_binding`. See docs/E2EE.md.
+    MlsBind {
+        signature_key: String,
+    },
+    /// Admitted: a KeyPackage (base64 MLS message) whose credential is the binding. The
+    /// delivery service validates it and either asks this client to create the group
+    /// (`mls_create`) or proposes to add it.
+    MlsKeyPackage {
+        key_package: String,
+    },
+    /// The group's creator: the GroupInfo (base64 MLS message, with the ratchet tree) of the
+    /// new group, so the delivery service can follow it.
+    MlsGroupInfo {
+        group_info: String,
+    },
+    /// A member: a commit (base64 MLS PublicMessage) of the pending proposals, with the
+    /// Welcome for the added members if any. Echoed to every member when accepted
+    /// (`mls_commit`), refused with `mls_rejected` otherwise.
+    MlsCommit {
+        commit: String,
+        welcome: Option<String>,
+    },
+    /// A member: an application message (base64 MLS PrivateMessage: chat), relayed to the
+    /// other members.
+    MlsApp {
+        message: String,
+    },
     Ping,
 }
 
@@ -505,6 +539,11 @@ impl ClientMsg {
             ClientMsg::MediaOffer { .. } => "media_offer",
             ClientMsg::MediaAnswer { .. } => "media_answer",
             ClientMsg::MediaState { .. } => "media_state",
+            ClientMsg::MlsBind { .. } => "mls_bind",
+            ClientMsg::MlsKeyPackage { .. } => "mls_key_package",
+            ClientMsg::MlsGroupInfo { .. } => "mls_group_info",
+            ClientMsg::MlsCommit { .. } => "mls_commit",
+            ClientMsg::MlsApp { .. } => "mls_app",
             ClientMsg::Ping => "ping",
         }
     }
@@ -585,6 +624,42 @@ pub enum ServerMsg {
         user_name: String,
         device_name: String,
         device_kind: DeviceKind,
+    },
+    /// The identity authority's binding for the signature key of `mls_bind`: the MLS
+    /// credential identity (base64), the server's identity public key (base64, to pin) and
+    /// the group id prefix of this meeting. See docs/E2EE.md section 2.
+    MlsBinding {
+        credential: String,
+        identity_key: String,
+        server_id: String,
+        group_id_prefix: String,
+    },
+    /// No group exists yet: create it with this id, then send `mls_group_info`.
+    MlsCreate {
+        group_id: String,
+    },
+    /// A proposal by the server as external sender (base64 MLS PublicMessage): Add for a
+    /// newly admitted member, Remove for one who left. A member commits it.
+    MlsProposal {
+        message: String,
+    },
+    /// The accepted commit for `epoch` (the epoch it was made in), in order, to every member
+    /// (the committer merges its own commit only on this echo).
+    MlsCommit {
+        commit: String,
+        epoch: u64,
+    },
+    /// Your Welcome into the group (base64 MLS message).
+    MlsWelcome {
+        welcome: String,
+    },
+    /// Your commit was not accepted (another one won the epoch, or it broke the rules).
+    MlsRejected {
+        reason: String,
+    },
+    /// An application message from another member (base64 MLS PrivateMessage).
+    MlsApp {
+        message: String,
     },
     /// A message was malformed, too large or not allowed in this state. Nothing changed.
     Error {

@@ -74,6 +74,8 @@ struct Room {
 
 #[derive(Debug, Default)]
 struct Inner {
+    /// Told about every admitted socket that leaves its meeting (for the MLS delivery service).
+    gone: Option<UnboundedSender<(String, SocketId)>>,
     next_socket: SocketId,
     next_room: u64,
     sockets: HashMap<SocketId, SocketHandle>,
@@ -111,6 +113,11 @@ impl Hub {
             .user_name
             .clone();
         Some(format!("user:{name}/device:{}", h.device_id))
+    }
+
+    /// Where admitted sockets leaving their meeting are reported, as (meeting, socket).
+    pub fn set_gone(&self, tx: UnboundedSender<(String, SocketId)>) {
+        self.lock().gone = Some(tx);
     }
 
     pub fn set_media(&self, media: crate::media::MediaHandle) {
@@ -217,7 +224,10 @@ impl Hub {
         still_away
     }
 
-    /// The participant an away member of this (user, device) had, if one is waiting for it.
+    /// The participant this (user, device) already has in the meeting: away (its socket
+    /// dropped) or still admitted on a socket the server has not yet seen die (a reconnect
+    /// that is faster than the server's notice of the drop). Either way the device was
+    /// admitted, so it keeps its place.
     pub fn away_member(
         &self,
         meeting_id: &str,
@@ -228,7 +238,7 @@ impl Hub {
         g.rooms.get(meeting_id).and_then(|r| {
             r.admitted
                 .iter()
-                .find(|m| m.away && m.user_id == user_id && m.device_id == device_id)
+                .find(|m| m.user_id == user_id && m.device_id == device_id)
                 .map(|m| m.participant.clone())
         })
     }
@@ -511,6 +521,14 @@ fn remove_from_room(g: &mut Inner, meeting_id: &str, socket: SocketId) {
         return;
     };
     let before = (room.admitted.len(), room.lobby.len());
+    if room.admitted.iter().any(|m| m.socket == socket) {
+        if let Some(tx) = &g.gone {
+            let _ = tx.send((meeting_id.to_string(), socket));
+        }
+    }
+    let Some(room) = g.rooms.get_mut(meeting_id) else {
+        return;
+    };
     room.admitted.retain(|m| m.socket != socket);
     room.lobby.retain(|m| m.socket != socket);
     let after = (room.admitted.len(), room.lobby.len());

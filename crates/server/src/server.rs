@@ -115,12 +115,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         host,
         tls: tls_on,
         store,
-        keys,
+        keys: keys.clone(),
         webauthn,
         ceremonies: Mutex::new(HashMap::new()),
         hub: Hub::default(),
+        delivery: Mutex::new(crate::delivery::Delivery::new(
+            keys.identity.clone(),
+            origin.clone(),
+        )),
         config,
     });
+    let (gone_tx, gone_rx) = tokio::sync::mpsc::unbounded_channel();
+    app.hub.set_gone(gone_tx);
+    tokio::spawn(crate::ws::route_departures(app.clone(), gone_rx));
 
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
     let media = crate::media::start(

@@ -48,6 +48,9 @@ pub enum Ceremony {
 #[derive(Clone)]
 pub struct Keys {
     pub audit: AuditKey,
+    /// The identity authority's key: signs MLS bindings and the server's external proposals
+    /// (docs/E2EE.md §2).
+    pub identity: ed25519_dalek::SigningKey,
     refusal_hmac: [u8; 32],
 }
 
@@ -75,6 +78,7 @@ impl Keys {
         };
         Ok(Keys {
             audit: AuditKey::from_bytes(&derive(b"audit-checkpoints")),
+            identity: ed25519_dalek::SigningKey::from_bytes(&derive(b"mls-identity-authority")),
             refusal_hmac: derive(b"refused-meeting-ids"),
         })
     }
@@ -209,6 +213,8 @@ pub struct App {
     pub ceremonies: Mutex<HashMap<String, (Instant, Ceremony)>>,
     pub limiters: Limiters,
     pub hub: Hub,
+    /// The MLS delivery service (never holds media keys).
+    pub delivery: Mutex<crate::delivery::Delivery>,
 }
 
 pub type AppRef = Arc<App>;

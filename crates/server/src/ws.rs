@@ -2,6 +2,7 @@
 //! lobby → admitted) with an allowlist of message types per state. Every join goes through
 //! [`join`], which calls the one admission function of `sealroom-policy`.
 
+use crate::delivery::Outcome;
 use crate::http::{session_cookie, validate_session, ApiResult, Authed, ClientIp, Error};
 use crate::live::{Notice, SocketHandle, SocketId};
 use crate::state::{unix_now, AppRef, Limiters};
@@ -29,8 +30,8 @@ pub async fn upgrade(
         None => None,
     };
     Ok(ws
-        .max_message_size(256 * 1024)
-        .max_frame_size(256 * 1024)
+        .max_message_size(MAX_WS_MESSAGE + 64 * 1024)
+        .max_frame_size(MAX_WS_MESSAGE + 64 * 1024)
         .on_upgrade(move |socket| async move {
             let mut s = Socket::new(app, ip, authed);
             s.run(socket).await;
@@ -108,7 +109,12 @@ impl Socket {
                 SocketState::Admitted,
                 ClientMsg::MediaOffer { .. }
                 | ClientMsg::MediaAnswer { .. }
-                | ClientMsg::MediaState { .. },
+                | ClientMsg::MediaState { .. }
+                | ClientMsg::MlsBind { .. }
+                | ClientMsg::MlsKeyPackage { .. }
+                | ClientMsg::MlsGroupInfo { .. }
+                | ClientMsg::MlsCommit { .. }
+                | ClientMsg::MlsApp { .. },
             ) => true,
             (
                 SocketState::Admitted,
@@ -409,6 +415,26 @@ impl Socket {
                 }
                 Ok(Flow::Continue)
             }
+            ClientMsg::MlsBind { signature_key } => {
+                self.mls(ws, |d, who| {
+                    d.bind(who, &signature_key, unix_now().max(0) as u64)
+                })
+                .await
+            }
+            ClientMsg::MlsKeyPackage { key_package } => {
+                self.mls(ws, |d, who| d.key_package(who, &key_package))
+                    .await
+            }
+            ClientMsg::MlsGroupInfo { group_info } => {
+                self.mls(ws, |d, who| d.group_info(who, &group_info)).await
+            }
+            ClientMsg::MlsCommit { commit, welcome } => {
+                self.mls(ws, |d, who| d.commit(who, &commit, welcome.as_deref()))
+                    .await
+            }
+            ClientMsg::MlsApp { message } => {
+                self.mls(ws, |d, who| d.application(who, &message)).await
+            }
         };
         match result {
             Ok(flow) => flow,
@@ -585,6 +611,7 @@ impl Socket {
             screen: false,
             media_connected: false,
             away: false,
+            device_id: a.device.id.clone(),
         };
         let lobby_entry = LobbyEntry {
             id: participant.id.clone(),
@@ -652,6 +679,50 @@ impl Socket {
             participant,
             admitted,
         });
+        Ok(Flow::Continue)
+    }
+
+    /// One delivery-service operation for this admitted socket: messages go out through the
+    /// hub (in order, under the delivery lock), audit entries are written, an error is told.
+    async fn mls(
+        &mut self,
+        ws: &mut WebSocket,
+        op: impl FnOnce(&mut crate::delivery::Delivery, &crate::delivery::Who) -> Outcome,
+    ) -> ApiResult<Flow> {
+        let (Some(c), Some((a, _)), Some(socket)) = (&self.current, &self.authed, self.id) else {
+            return Err(Error::Internal("MLS message outside a meeting".into()));
+        };
+        let who = crate::delivery::Who {
+            socket,
+            meeting_id: c.meeting.id.clone(),
+            level: c.meeting.level,
+            user_id: a.user.id.clone(),
+            username: a.user.name.clone(),
+            display_name: a.user.display_name.clone(),
+            device_id: a.device.id.clone(),
+            device_name: a.device.name.clone(),
+            device_kind: a.device.kind().as_str().to_string(),
+        };
+        let outcome = {
+            let mut d = self.app.delivery.lock().unwrap_or_else(|p| p.into_inner());
+            let outcome = op(&mut d, &who);
+            // Sent while the lock is held, so every member sees commits in one order.
+            for (to, msg) in &outcome.send {
+                self.app.hub.send(*to, Notice::Send(msg.clone()));
+            }
+            outcome
+        };
+        deliver_audit(
+            &self.app,
+            &a.actor(),
+            &who.meeting_id,
+            &self.ip.0.to_string(),
+            outcome.audit,
+        )
+        .await;
+        if let Some((code, message)) = outcome.error {
+            let _ = send(ws, &error(code, &message)).await;
+        }
         Ok(Flow::Continue)
     }
 
@@ -886,6 +957,37 @@ impl Socket {
         info.locked = *locked;
         self.app.hub.meeting_changed(info);
         Ok(Flow::Continue)
+    }
+}
+
+async fn deliver_audit(
+    app: &AppRef,
+    actor: &str,
+    meeting_id: &str,
+    src: &str,
+    entries: Vec<(&'static str, serde_json::Value)>,
+) {
+    for (kind, details) in entries {
+        let e = app.entry(kind, actor, &format!("meeting:{meeting_id}"), src, details);
+        if let Err(err) = app.audit_alone(e).await {
+            tracing::error!(%err, kind, "audit of an MLS event failed");
+        }
+    }
+}
+
+/// Admitted sockets that left their meeting (every way out): the delivery service proposes to
+/// remove their leaves.
+pub async fn route_departures(app: AppRef, mut rx: mpsc::UnboundedReceiver<(String, SocketId)>) {
+    while let Some((meeting_id, socket)) = rx.recv().await {
+        let outcome = {
+            let mut d = app.delivery.lock().unwrap_or_else(|p| p.into_inner());
+            let outcome = d.gone(&meeting_id, socket);
+            for (to, msg) in &outcome.send {
+                app.hub.send(*to, Notice::Send(msg.clone()));
+            }
+            outcome
+        };
+        deliver_audit(&app, "server", &meeting_id, "", outcome.audit).await;
     }
 }
 

@@ -87,6 +87,8 @@ export interface SealroomDebug {
   restartIce(): void;
   /** The last signaling steps, for diagnosis: `[ms since start, what]`. */
   events: [number, string][];
+  /** Set by the meeting page: drops the signaling socket as a lost network would. */
+  dropSignaling?: () => void;
 }
 
 declare global {
@@ -196,10 +198,15 @@ export class CallMedia {
   private watchdog: number | null = null;
   private statsTimer: number | null = null;
 
+  /**
+   * `startAs`: microphone muted and camera off from the start (a call resumed after a dropped
+   * connection keeps what the user had chosen); by default both are on.
+   */
   constructor(
     private readonly you: string,
     private readonly level: Level,
     hooks: CallHooks,
+    private readonly startAs: Pick<LocalState, 'audioMuted' | 'videoMuted'> = { audioMuted: false, videoMuted: false },
   ) {
     this.hooks = hooks;
     // Throws when the transform worker cannot run: then there is no call at all.
@@ -284,6 +291,14 @@ export class CallMedia {
         this.quality.delete(id);
         this.everReceived.delete(id);
         this.speakerTracker.forget(id);
+      }
+    }
+    // Someone whose connection dropped comes back with new streams: until they arrive it is
+    // `connecting` again, not a stalled (`poor`) connection.
+    for (const p of list) {
+      if (p.away) {
+        this.everReceived.delete(p.id);
+        this.quality.set(p.id, 'connecting');
       }
     }
   }
@@ -575,9 +590,12 @@ export class CallMedia {
 
   private async openDevices(): Promise<void> {
     const problems: string[] = [];
+    // A camera that starts off is not opened at all (its light stays off); a muted microphone
+    // is opened, as `setMicMuted` leaves it, but sends nothing.
+    const wantCam = !this.startAs.videoMuted;
     let stream: MediaStream | null = null;
     try {
-      stream = await navigator.mediaDevices.getUserMedia({ audio: MICROPHONE, video: CAMERA });
+      stream = await navigator.mediaDevices.getUserMedia({ audio: MICROPHONE, video: wantCam ? CAMERA : false });
     } catch {
       // Try each on its own: one missing device must not cost the other.
     }
@@ -586,7 +604,7 @@ export class CallMedia {
       this.camTrack = stream.getVideoTracks()[0] ?? null;
     } else {
       this.micTrack = await this.acquire('audio', problems);
-      this.camTrack = await this.acquire('video', problems);
+      this.camTrack = wantCam ? await this.acquire('video', problems) : null;
     }
     if (this.closed) {
       this.micTrack?.stop();
@@ -595,16 +613,20 @@ export class CallMedia {
     }
     if (this.micTrack) {
       this.micId = this.micTrack.getSettings().deviceId ?? null;
-      await this.mic.sender.replaceTrack(this.micTrack);
-      this.local.audioMuted = false;
+      if (this.startAs.audioMuted) {
+        this.micTrack.enabled = false;
+      } else {
+        await this.mic.sender.replaceTrack(this.micTrack);
+        this.local.audioMuted = false;
+      }
     }
     if (this.camTrack) {
       this.camId = this.camTrack.getSettings().deviceId ?? null;
       await this.cam.sender.replaceTrack(this.camTrack);
       this.local.videoMuted = false;
     }
-    if (!this.micTrack || !this.camTrack) {
-      const missing = !this.micTrack && !this.camTrack ? 'microphone and camera' : !this.micTrack ? 'microphone' : 'camera';
+    if (!this.micTrack || (wantCam && !this.camTrack)) {
+      const missing = !this.micTrack && wantCam && !this.camTrack ? 'microphone and camera' : !this.micTrack ? 'microphone' : 'camera';
       this.deviceNotice = `You joined without ${missing}${problems.length > 0 ? ` (${problems.join('; ')})` : ''}.`;
     }
     await this.listDevices();

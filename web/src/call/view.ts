@@ -4,6 +4,8 @@
 // Unlike the rest of the meeting page, this part is never rebuilt: tiles are kept per
 // participant id and only their text and media sources change, because re-creating (or even
 // detaching) a <video>/<audio> element stops its playback. Every state shows as text.
+// A participant whose signaling connection dropped (`away`) keeps its tile, marked as
+// reconnecting: its media is gone until it is back, which is not a failure.
 
 import { h, uid } from '../dom';
 import { kindLabel } from '../format';
@@ -71,6 +73,8 @@ interface TileData {
   screenAudio: MediaStreamTrack | null;
   quality: Quality;
   active: boolean;
+  /** Its connection to the server dropped; it is expected back (others only). */
+  away: boolean;
 }
 
 class Tile {
@@ -86,6 +90,7 @@ class Tile {
   private readonly speaking: HTMLSpanElement;
   private readonly device: HTMLParagraphElement;
   private readonly state: HTMLParagraphElement;
+  private readonly presence: HTMLParagraphElement;
   private readonly quality: HTMLParagraphElement;
   private displayName = '';
 
@@ -96,6 +101,7 @@ class Tile {
     this.speaking = h('span', { class: 'badge badge-speaking', testid: 'active-speaker', hidden: true }, 'speaking');
     this.device = h('p', { class: 'tile-detail' });
     this.state = h('p', { class: 'tile-detail tile-state', testid: 'tile-state' });
+    this.presence = h('p', { class: 'tile-detail tile-presence', testid: 'tile-presence', hidden: true });
     this.quality = h('p', { class: 'tile-detail tile-quality', testid: 'tile-quality' });
     this.camera = videoEl('camera', 'camera');
     this.placeholder = h('p', { class: 'tile-placeholder', 'aria-hidden': 'true' });
@@ -113,7 +119,7 @@ class Tile {
       },
       this.media,
       this.mic,
-      h('div', { class: 'tile-caption' }, h('p', { class: 'tile-title' }, this.name, this.badges, this.speaking), this.device, this.state, this.quality),
+      h('div', { class: 'tile-caption' }, h('p', { class: 'tile-title' }, this.name, this.badges, this.speaking), this.device, this.presence, this.state, this.quality),
     );
   }
 
@@ -135,17 +141,21 @@ class Tile {
     setData(this.state, 'videoMuted', String(d.videoMuted));
     setData(this.state, 'screen', String(d.screen));
 
-    setText(this.quality, `Connection: ${QUALITY_TEXT[d.quality]}`);
-    setData(this.quality, 'quality', d.quality);
+    setData(this.root, 'away', String(d.away));
+    this.presence.hidden = !d.away;
+    setText(this.presence, d.away ? 'Reconnecting: connection to the server lost' : '');
+    setText(this.quality, `Connection: ${d.away ? 'reconnecting' : QUALITY_TEXT[d.quality]}`);
+    setData(this.quality, 'quality', d.away ? 'reconnecting' : d.quality);
 
     setData(this.root, 'active', String(d.active));
     this.speaking.hidden = !d.active;
 
-    // Camera: the video, or a text placeholder saying why there is none.
-    const camera = d.videoMuted ? null : d.camera;
+    // Camera: the video, or a text placeholder saying why there is none (not the last frame of
+    // someone who is reconnecting).
+    const camera = d.videoMuted || d.away ? null : d.camera;
     setSource(this.camera, camera);
     this.camera.hidden = camera === null;
-    setText(this.placeholder, d.videoMuted ? 'camera off' : camera === null ? 'no video yet' : '');
+    setText(this.placeholder, d.away ? 'reconnecting…' : d.videoMuted ? 'camera off' : camera === null ? 'no video yet' : '');
     this.placeholder.hidden = camera !== null;
 
     // Screen share: its own video (and audio), only while shared.
@@ -345,6 +355,7 @@ export class CallView {
         screenAudio: null,
         quality: m ? (m.state === 'connected' ? m.selfQuality : 'connecting') : 'connecting',
         active: m !== null && m.speaker === p.id,
+        away: false,
       };
     }
     return {
@@ -358,7 +369,8 @@ export class CallView {
       mic: m?.remoteTrack(p.id, 'microphone') ?? null,
       screenAudio: m?.remoteTrack(p.id, 'screen_audio') ?? null,
       quality: m?.quality.get(p.id) ?? 'connecting',
-      active: m !== null && m.speaker === p.id,
+      active: m !== null && m.speaker === p.id && !p.away,
+      away: p.away,
     };
   }
 

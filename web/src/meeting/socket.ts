@@ -59,6 +59,14 @@ export class SignalingSocket {
     return true;
   }
 
+  /**
+   * Test hook: closes abruptly, the way a lost network looks to the server (any code but 1000
+   * counts as a drop there), and reports it through `onClose` like any other close.
+   */
+  drop(): void {
+    if (this.ws && (this.ws.readyState === WebSocket.OPEN || this.ws.readyState === WebSocket.CONNECTING)) this.ws.close(4000, 'dropped');
+  }
+
   /** Closes without calling `onClose` (the page is going away). */
   shutdown(): void {
     this.stopPing();

@@ -4,8 +4,24 @@
 
 import type { LobbyEntry, MeetingInfo, Participant, RefusalReason, ServerMsg, SocketState } from '../proto';
 
-/** What the page shows; also exposed as `data-state` on `meeting-state`. */
-export type Phase = 'connecting' | 'refused' | 'lobby' | 'admitted' | 'left' | 'disconnected';
+/**
+ * What the page shows; also exposed as `data-state` on `meeting-state`. `reconnecting`: the
+ * socket dropped while admitted (neither a leave nor the server ended it), the server keeps our
+ * place for its reconnect grace, and the page opens new sockets until admitted again (the same
+ * device skips the lobby then) or it gives up (`disconnected`).
+ */
+export type Phase = 'connecting' | 'refused' | 'lobby' | 'admitted' | 'reconnecting' | 'left' | 'disconnected';
+
+/** The close code with which the server ends a participation (it sends `refused` first). */
+export const CLOSE_ENDED_BY_SERVER = 4001;
+
+/** How long reconnecting goes on: a little less than the server's default grace (20 s). */
+export const RECONNECT_LIMIT_MS = 18_000;
+
+/** Delay before reconnect attempt `attempt` (0-based): 0.5 s, 1 s, 2 s, then every 4 s. */
+export function reconnectDelayMs(attempt: number): number {
+  return Math.min(500 * 2 ** Math.max(0, attempt), 4000);
+}
 
 export interface MeetingView {
   phase: Phase;
@@ -15,6 +31,8 @@ export interface MeetingView {
   refusal: { reason: RefusalReason; message: string } | null;
   /** The socket is closed. After a refusal the phase stays `refused` and this says so. */
   closed: boolean;
+  /** We asked to leave: the socket closing now is no reason to reconnect. */
+  leaving: boolean;
   /** The meeting, once admitted (kept after leaving, for its title). */
   meeting: MeetingInfo | null;
   /** Our participant id while admitted. */
@@ -49,6 +67,7 @@ export function initialView(): MeetingView {
     socketState: null,
     refusal: null,
     closed: false,
+    leaving: false,
     meeting: null,
     you: null,
     host: false,
@@ -64,15 +83,19 @@ function outOfMeeting(v: MeetingView): MeetingView {
 
 export function handleServerMsg(v: MeetingView, msg: ServerMsg): Step {
   switch (msg.type) {
-    case 'hello':
-      return { view: { ...v, socketState: msg.state, phase: 'connecting', closed: false }, effects: [{ kind: 'send_join' }] };
+    case 'hello': {
+      // A reconnect attempt stays `reconnecting` until the join is answered.
+      const phase = v.phase === 'reconnecting' ? 'reconnecting' : 'connecting';
+      return { view: { ...v, socketState: msg.state, phase, closed: false }, effects: [{ kind: 'send_join' }] };
+    }
     case 'refused':
       return {
-        view: { ...outOfMeeting(v), phase: 'refused', socketState: 'authenticated', refusal: { reason: msg.reason, message: msg.message } },
+        view: { ...outOfMeeting(v), phase: 'refused', socketState: 'authenticated', refusal: { reason: msg.reason, message: msg.message }, leaving: false },
         effects: [],
       };
     case 'lobby':
-      return { view: { ...outOfMeeting(v), phase: 'lobby', socketState: 'lobby', refusal: null }, effects: [] };
+      // Also the end of a reconnect that came too late: the place was given up, we queue again.
+      return { view: { ...outOfMeeting(v), phase: 'lobby', socketState: 'lobby', refusal: null, leaving: false }, effects: [] };
     case 'admitted':
       return {
         view: {
@@ -80,6 +103,7 @@ export function handleServerMsg(v: MeetingView, msg: ServerMsg): Step {
           phase: 'admitted',
           socketState: 'admitted',
           refusal: null,
+          leaving: false,
           meeting: msg.meeting,
           you: msg.you,
           host: msg.host,
@@ -98,10 +122,20 @@ export function handleServerMsg(v: MeetingView, msg: ServerMsg): Step {
     case 'meeting_update':
       return { view: { ...v, meeting: msg.meeting }, effects: [] };
     case 'left':
-      return { view: { ...outOfMeeting(v), phase: 'left', socketState: 'authenticated', refusal: null }, effects: [] };
+      return { view: { ...outOfMeeting(v), phase: 'left', socketState: 'authenticated', refusal: null, leaving: false }, effects: [] };
     case 'error':
       return { view: v, effects: [{ kind: 'show_error', code: msg.code, message: msg.message }] };
     case 'pong':
+      return { view: v, effects: [] };
+    case 'mls_binding':
+    case 'mls_create':
+    case 'mls_proposal':
+    case 'mls_commit':
+    case 'mls_welcome':
+    case 'mls_rejected':
+    case 'mls_app':
+      // The browser does not join the MLS group yet (the E2EE issue is in progress); the
+      // delivery service only talks to clients that ask it (mls_bind).
       return { view: v, effects: [] };
     case 'media_offer':
     case 'media_answer':
@@ -123,10 +157,28 @@ export function handleServerMsg(v: MeetingView, msg: ServerMsg): Step {
   }
 }
 
-/** The socket closed. A refusal stays on screen; anything else becomes `disconnected`. */
-export function handleClose(v: MeetingView): MeetingView {
-  const out = { ...outOfMeeting(v), closed: true, socketState: null };
-  return v.phase === 'refused' ? out : { ...out, phase: 'disconnected', refusal: null };
+/**
+ * The socket closed with `code`. A refusal stays on screen. A drop while admitted (or while
+ * reconnecting: an attempt failed) is `reconnecting`, unless we were leaving or the server
+ * ended it; anything else becomes `disconnected`.
+ */
+export function handleClose(v: MeetingView, code: number): MeetingView {
+  const out = { ...outOfMeeting(v), closed: true, socketState: null, leaving: false };
+  if (v.phase === 'refused') return out;
+  const dropped = code !== CLOSE_ENDED_BY_SERVER && !v.leaving;
+  if (dropped && (v.phase === 'admitted' || v.phase === 'reconnecting')) return { ...out, phase: 'reconnecting', refusal: null };
+  return { ...out, phase: 'disconnected', refusal: null };
+}
+
+/** Reconnecting ran out of time, or the user stopped it: `disconnected`. */
+export function handleReconnectEnded(v: MeetingView): MeetingView {
+  if (v.phase !== 'reconnecting') return v;
+  return { ...outOfMeeting(v), phase: 'disconnected', closed: true, socketState: null, refusal: null, leaving: false };
+}
+
+/** The user asked to leave (the meeting or the lobby). */
+export function handleLeave(v: MeetingView): MeetingView {
+  return { ...v, leaving: true };
 }
 
 /** The user asked to join again (on the same socket, or on a new one). */
@@ -135,6 +187,7 @@ export function handleRetry(v: MeetingView, newSocket: boolean): MeetingView {
     ...outOfMeeting(v),
     phase: 'connecting',
     refusal: null,
+    leaving: false,
     closed: newSocket ? false : v.closed,
     socketState: newSocket ? null : v.socketState,
   };

@@ -3,6 +3,9 @@
 //
 // The view is redrawn from `MeetingView` after every change (meeting/state.ts decides what
 // changes). Redraws keep keyboard focus on the "same" control through `data-focus-key`.
+// When the socket drops while admitted, the call's media ends (the server tore its transport
+// down) and new sockets are opened with backoff; the server keeps our place for its reconnect
+// grace, so the same device is admitted again directly and the call starts afresh.
 // The call screen (call/view.ts) lives outside the redrawn part: it exists while admitted and
 // updates its tiles in place, so video and audio keep playing across redraws.
 
@@ -10,10 +13,22 @@ import { pageHeading, type PageContext } from '../app';
 import { append, h, replaceChildren, uid, type Child } from '../dom';
 import { kindLabel, levelDescription, levelLabel } from '../format';
 import type { ClientMsg, DeviceKind, LobbyEntry, Participant } from '../proto';
-import { CallMedia } from '../call/media';
+import { CallMedia, type LocalState } from '../call/media';
 import { CallView } from '../call/view';
 import { SignalingSocket } from '../meeting/socket';
-import { handleClose, handleRetry, handleServerMsg, initialView, type MediaMsg, type MeetingView, type Phase } from '../meeting/state';
+import {
+  RECONNECT_LIMIT_MS,
+  handleClose,
+  handleLeave,
+  handleReconnectEnded,
+  handleRetry,
+  handleServerMsg,
+  initialView,
+  reconnectDelayMs,
+  type MediaMsg,
+  type MeetingView,
+  type Phase,
+} from '../meeting/state';
 import { showError, showInfo } from '../status';
 
 const PHASE_TEXT: Record<Phase, string> = {
@@ -21,6 +36,7 @@ const PHASE_TEXT: Record<Phase, string> = {
   refused: 'You are not in the meeting.',
   lobby: 'Waiting in the lobby for a host to admit you.',
   admitted: 'You are in the meeting.',
+  reconnecting: 'Connection to the server lost. Reconnecting…',
   left: 'You left the meeting.',
   disconnected: 'Disconnected from the server. You are no longer in the meeting.',
 };
@@ -54,6 +70,13 @@ export function meetingPage(ctx: PageContext): void {
 
   /** The call of the current admission (null when not admitted). */
   let call: { you: string; media: CallMedia | null; view: CallView; leaving: boolean } | null = null;
+  /**
+   * Microphone and camera as they were when a call ended by a drop: the next call starts that
+   * way, so a reconnect never turns on a microphone or camera that the user had turned off.
+   */
+  let resumeLocal: Pick<LocalState, 'audioMuted' | 'videoMuted'> | null = null;
+  /** While `reconnecting`: the next attempt and the overall limit. */
+  let reconnect: { attempts: number; next: number | null; limit: number } | null = null;
 
   const socket = new SignalingSocket({
     onMessage: (msg) => {
@@ -68,15 +91,49 @@ export function meetingPage(ctx: PageContext): void {
       }
       draw();
     },
-    onClose: () => {
-      view = handleClose(view);
+    onClose: (ev) => {
+      view = handleClose(view, ev.code);
+      if (view.phase === 'reconnecting') scheduleReconnect();
       draw();
     },
   });
   ctx.onLeave(() => {
+    stopReconnecting();
     endCall();
     socket.shutdown();
   });
+
+  /** The next attempt after a drop (or a failed attempt); the first one starts the limit. */
+  function scheduleReconnect(): void {
+    reconnect ??= {
+      attempts: 0,
+      next: null,
+      limit: window.setTimeout(() => endReconnecting(), RECONNECT_LIMIT_MS),
+    };
+    const r = reconnect;
+    if (r.next !== null) window.clearTimeout(r.next);
+    r.next = window.setTimeout(() => {
+      r.next = null;
+      if (reconnect === r && view.phase === 'reconnecting') socket.open();
+    }, reconnectDelayMs(r.attempts));
+    r.attempts += 1;
+  }
+
+  function stopReconnecting(): void {
+    if (!reconnect) return;
+    if (reconnect.next !== null) window.clearTimeout(reconnect.next);
+    window.clearTimeout(reconnect.limit);
+    reconnect = null;
+  }
+
+  /** Gives up reconnecting (time is up, or the user said so): `disconnected`, "Try again". */
+  function endReconnecting(): void {
+    stopReconnecting();
+    if (view.phase !== 'reconnecting') return;
+    socket.shutdown();
+    view = handleReconnectEnded(view);
+    draw();
+  }
 
   function routeMedia(msg: MediaMsg): void {
     const media = call?.media;
@@ -89,7 +146,10 @@ export function meetingPage(ctx: PageContext): void {
   /** Starts the call on admission, ends it on leaving; passes roster changes on. */
   function syncCall(): void {
     const you = view.phase === 'admitted' ? view.you : null;
-    if (call && call.you !== you) endCall();
+    if (call && call.you !== you) {
+      if (view.phase === 'reconnecting' && call.media) resumeLocal = { audioMuted: call.media.local.audioMuted, videoMuted: call.media.local.videoMuted };
+      endCall();
+    }
     if (!you) return;
     if (!call) {
       let media: CallMedia | null = null;
@@ -103,7 +163,9 @@ export function meetingPage(ctx: PageContext): void {
         },
       };
       try {
-        media = new CallMedia(you, view.meeting?.level ?? 'restricted', hooks);
+        media = new CallMedia(you, view.meeting?.level ?? 'restricted', hooks, resumeLocal ?? undefined);
+        resumeLocal = null;
+        if (window.__sealroom) window.__sealroom.dropSignaling = () => socket.drop();
       } catch (e) {
         startError = e instanceof Error ? e.message : String(e);
       }
@@ -136,6 +198,7 @@ export function meetingPage(ctx: PageContext): void {
     const leaving = call;
     if (leaving?.leaving) return;
     if (leaving) leaving.leaving = true;
+    view = handleLeave(view);
     if (!socket.send({ type: 'leave' })) {
       endCall();
       showError('Not connected to the server. Use "Try again" to reconnect.');
@@ -165,7 +228,21 @@ export function meetingPage(ctx: PageContext): void {
   const retryButton = (label: string) =>
     h('button', { type: 'button', class: 'primary', testid: 'retry-join', 'data-focus-key': 'retry', on: { click: retry } }, label);
   const leaveButton = (label: string) =>
-    h('button', { type: 'button', testid: 'leave-button', 'data-focus-key': 'leave', on: { click: () => send({ type: 'leave' }) } }, label);
+    h(
+      'button',
+      {
+        type: 'button',
+        testid: 'leave-button',
+        'data-focus-key': 'leave',
+        on: {
+          click: () => {
+            view = handleLeave(view);
+            send({ type: 'leave' });
+          },
+        },
+      },
+      label,
+    );
   const backLink = () => h('a', { href: '/' }, 'Back to my meetings');
 
   function participantItem(p: Participant): HTMLLIElement {
@@ -181,6 +258,7 @@ export function meetingPage(ctx: PageContext): void {
         ` (${p.user_name})`,
         isYou && h('span', { class: 'badge badge-you' }, 'you'),
         p.host && h('span', { class: 'badge badge-host' }, 'host'),
+        p.away && h('span', { class: 'badge badge-away', testid: 'participant-away' }, 'reconnecting'),
       ),
       h('div', { class: 'person-detail' }, ...deviceText(p.device_name, p.device_kind)),
       h('div', { class: 'person-detail' }, 'Network: ', p.network),
@@ -344,6 +422,20 @@ export function meetingPage(ctx: PageContext): void {
         ];
       case 'admitted':
         return admittedBody();
+      case 'reconnecting':
+        return [
+          h(
+            'p',
+            { class: 'warning', testid: 'reconnecting' },
+            'The connection to the server was lost. Reconnecting: the meeting keeps your place for a short while, and you will be back in the call without waiting in the lobby.',
+          ),
+          h(
+            'div',
+            { class: 'actions' },
+            h('button', { type: 'button', testid: 'stop-reconnecting', 'data-focus-key': 'stop-reconnecting', on: { click: endReconnecting } }, 'Stop reconnecting'),
+            backLink(),
+          ),
+        ];
       case 'left':
         return [h('p', null, 'You left the meeting.'), h('div', { class: 'actions' }, retryButton('Rejoin'), backLink())];
       case 'disconnected':
@@ -356,6 +448,8 @@ export function meetingPage(ctx: PageContext): void {
 
   function draw(): void {
     if (!ctx.alive()) return;
+    // Reconnecting ends with whatever answer the join gets (admitted, lobby, refused).
+    if (view.phase !== 'reconnecting') stopReconnecting();
     syncCall();
     const title = view.meeting?.title ?? 'Meeting';
     if (heading.textContent !== title) heading.textContent = title;
