@@ -584,7 +584,7 @@ async fn malformed_oversized_and_out_of_order_messages_get_clear_errors_and_chan
     assert_eq!(s.running.app.hub.lobby(&id).len(), 1);
 
     // A message over the frame limit ends that socket only.
-    let huge = "x".repeat(300 * 1024);
+    let huge = "x".repeat(MAX_WS_MESSAGE + 128 * 1024);
     let _ = b.sig.send_text(&huge).await;
     assert!(b.closed_within(Duration::from_secs(2)).await);
     h.expect(
