@@ -209,6 +209,11 @@ pub struct Config {
     pub early_join_secs: i64,
     pub reconnect_grace: std::time::Duration,
     pub media_connect_timeout: std::time::Duration,
+    /// Adversarial tests only (debug builds, `SEALROOM_TEST_GHOSTS=name,name`): a lying server
+    /// that admits these users and adds them to the MLS group but never announces them in the
+    /// participant list. Clients must flag them from their own MLS state. Always empty in
+    /// release builds.
+    pub test_ghosts: Vec<String>,
 }
 
 impl Config {
@@ -330,6 +335,18 @@ impl Config {
             reconnect_grace: std::time::Duration::from_secs(
                 file.reconnect_grace_secs.unwrap_or(20).min(300),
             ),
+            test_ghosts: if cfg!(debug_assertions) {
+                std::env::var("SEALROOM_TEST_GHOSTS")
+                    .map(|v| {
+                        v.split(',')
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_string)
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            },
             media_connect_timeout: std::time::Duration::from_secs(
                 file.media_connect_timeout_secs.unwrap_or(15).clamp(1, 300),
             ),

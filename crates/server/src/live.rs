@@ -76,6 +76,8 @@ struct Room {
 struct Inner {
     /// Told about every admitted socket that leaves its meeting (for the MLS delivery service).
     gone: Option<UnboundedSender<(String, SocketId)>>,
+    /// See `Config::test_ghosts`.
+    ghosts: Vec<String>,
     next_socket: SocketId,
     next_room: u64,
     sockets: HashMap<SocketId, SocketHandle>,
@@ -118,6 +120,17 @@ impl Hub {
     /// Where admitted sockets leaving their meeting are reported, as (meeting, socket).
     pub fn set_gone(&self, tx: UnboundedSender<(String, SocketId)>) {
         self.lock().gone = Some(tx);
+    }
+
+    /// Tests only: see `Config::test_ghosts`.
+    pub fn set_test_ghosts(&self, ghosts: Vec<String>) {
+        if !ghosts.is_empty() {
+            tracing::warn!(
+                ?ghosts,
+                "TEST MODE: these users are never announced to others"
+            );
+        }
+        self.lock().ghosts = ghosts;
     }
 
     pub fn set_media(&self, media: crate::media::MediaHandle) {
@@ -314,11 +327,12 @@ impl Hub {
         let mut g = self.lock();
         let member = Member::new(&g, socket, participant, lobby);
         debug_assert_eq!(member.user_id, user_id);
+        let ghosts = g.ghosts.clone();
         let room = room_entry(&mut g, meeting_id);
         room.info = Some(info);
         room.lobby.retain(|m| m.socket != socket);
         room.admitted.push(member);
-        let list = participants(room);
+        let list = participants(room, &ghosts);
         broadcast_participants(&g, meeting_id);
         notify_hosts(&g, meeting_id);
         list
@@ -387,7 +401,7 @@ impl Hub {
         let g = self.lock();
         g.rooms
             .get(meeting_id)
-            .map(participants)
+            .map(|r| participants(r, &g.ghosts))
             .unwrap_or_default()
     }
 
@@ -509,9 +523,10 @@ fn found(_g: &Inner, m: &Member) -> Option<Found> {
     })
 }
 
-fn participants(room: &Room) -> Vec<Participant> {
+fn participants(room: &Room, ghosts: &[String]) -> Vec<Participant> {
     room.admitted
         .iter()
+        .filter(|m| !ghosts.contains(&m.participant.user_name))
         .map(|m| m.participant.clone())
         .collect()
 }
@@ -548,7 +563,7 @@ fn broadcast_participants(g: &Inner, meeting_id: &str) {
     let Some(room) = g.rooms.get(meeting_id) else {
         return;
     };
-    let list = participants(room);
+    let list = participants(room, &g.ghosts);
     for m in &room.admitted {
         if let Some(h) = g.sockets.get(&m.socket) {
             let _ = h.tx.send(Notice::Send(ServerMsg::Participants {

@@ -127,6 +127,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     });
     let (gone_tx, gone_rx) = tokio::sync::mpsc::unbounded_channel();
     app.hub.set_gone(gone_tx);
+    app.hub.set_test_ghosts(app.config.test_ghosts.clone());
     tokio::spawn(crate::ws::route_departures(app.clone(), gone_rx));
 
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
