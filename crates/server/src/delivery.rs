@@ -16,6 +16,10 @@ use sealroom_proto::{Level, ServerMsg};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
+/// A creator that has not sent its GroupInfo this long after `mls_create` loses the role to
+/// the next member that sends a KeyPackage.
+const CREATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What one socket is, for the identity authority.
 #[derive(Debug, Clone)]
 pub struct Who {
@@ -52,6 +56,7 @@ enum State {
     /// Waiting for the creator's GroupInfo.
     Creating {
         creator: SocketId,
+        since: std::time::Instant,
     },
     Active(Box<DeliveryGroup>),
 }
@@ -172,6 +177,7 @@ impl Delivery {
                     group_id: group_id.clone(),
                     state: State::Creating {
                         creator: who.socket,
+                        since: std::time::Instant::now(),
                     },
                     leaves: HashMap::new(),
                     adding: HashMap::new(),
@@ -185,10 +191,32 @@ impl Delivery {
         }
         let group = self.groups.get_mut(&who.meeting_id).expect("checked above");
         match &mut group.state {
-            State::Creating { creator } if *creator == who.socket => Outcome::error(
+            State::Creating { creator, .. } if *creator == who.socket => Outcome::error(
                 "mls_unexpected",
                 "Create the group (mls_create) and send its GroupInfo.",
             ),
+            State::Creating { creator, since } if since.elapsed() > CREATE_TIMEOUT => {
+                // The creator never sent its GroupInfo: creation passes to the others.
+                let stalled = *creator;
+                let mut requeue = std::mem::take(&mut group.waiting);
+                requeue.retain(|(w, _)| w.socket != who.socket);
+                requeue.insert(0, (who.clone(), kp));
+                self.groups.remove(&who.meeting_id);
+                let mut out = Outcome::default();
+                out.send.push((
+                    stalled,
+                    ServerMsg::MlsRejected {
+                        reason: "the group was not created in time; another member creates it"
+                            .into(),
+                    },
+                ));
+                out.audit.push(("mls.create_timed_out", json!({})));
+                for (w, kp) in requeue {
+                    let o = self.key_package(&w, &B64.encode(kp));
+                    out.send.extend(o.send);
+                }
+                out
+            }
             State::Creating { .. } => {
                 group.waiting.retain(|(w, _)| w.socket != who.socket);
                 group.waiting.push((who.clone(), kp));
@@ -206,7 +234,7 @@ impl Delivery {
         let Some(group) = self.groups.get_mut(&who.meeting_id) else {
             return Outcome::error("mls_unexpected", "No group is being created.");
         };
-        let State::Creating { creator } = group.state else {
+        let State::Creating { creator, .. } = group.state else {
             return Outcome::error("mls_unexpected", "The group exists already.");
         };
         if creator != who.socket {
@@ -418,7 +446,9 @@ impl Delivery {
         group.adding.retain(|_, (w, _)| w.socket != socket);
         let requeue: Vec<(Who, Vec<u8>)> = match &mut group.state {
             // The creator left before the group existed: the next waiting member creates it.
-            State::Creating { creator } if *creator == socket => std::mem::take(&mut group.waiting),
+            State::Creating { creator, .. } if *creator == socket => {
+                std::mem::take(&mut group.waiting)
+            }
             State::Creating { .. } => return out,
             State::Active(ds) => {
                 let Some(leaf) = group.leaves.remove(&socket) else {
