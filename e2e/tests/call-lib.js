@@ -317,3 +317,103 @@ function firstFramesInner(page, participants, timeoutMs) {
     'first remote frames',
   );
 }
+
+// ---------------------------------------------------------------------------------------------
+// End-to-end encryption (window.__sealroom.e2ee of web/src/call/view.ts; never a key)
+
+/** The page's E2EE view: MLS status (epoch, code, check value, members), roster rows, SFrame counters, warnings. */
+export async function e2eeState(page) {
+  return page.evaluate(() => {
+    const e = window.__sealroom?.e2ee;
+    if (!e) return null;
+    return { status: e.status, epoch: e.epoch, securityCode: e.securityCode, checkValue: e.checkValue, roster: e.roster, sframe: e.sframe, warnings: e.warnings, chat: e.chat };
+  });
+}
+
+/**
+ * Waits until every page is an MLS member of the same epoch with `members` members, and they
+ * agree on epoch, security code and exporter check value; returns `{epoch, code, check}`.
+ */
+export async function waitForAgreement(label, pages, members, { timeoutMs = 15_000, after = -1 } = {}) {
+  let states = [];
+  try {
+    return await waitUntil(
+      `${label}: ${pages.length} pages agree on a ${members}-member epoch`,
+      async () => {
+        states = await Promise.all(pages.map((p) => e2eeState(p)));
+        if (!states.every((s) => s && s.status.phase === 'member' && s.status.members.length === members && s.epoch > after && !s.status.commitPending && s.status.pendingProposals === 0)) return null;
+        const [first] = states;
+        const same = states.every((s) => s.epoch === first.epoch && s.securityCode === first.securityCode && s.checkValue === first.checkValue);
+        return same ? { epoch: first.epoch, code: first.securityCode, check: first.checkValue } : null;
+      },
+      { timeoutMs, everyMs: 100 },
+    );
+  } catch (e) {
+    log(`${label}: ${JSON.stringify(states.map((s) => s && { phase: s.status.phase, epoch: s.epoch, code: s.securityCode, check: s.checkValue, members: s.status.members.length, pending: s.status.pendingProposals, commitPending: s.status.commitPending, failure: s.status.failure, commits: s.status.commits }))}`);
+    throw e;
+  }
+}
+
+/** Sum of frames decrypted by the page's transform worker (every sender leaf). */
+export function decryptedTotal(state) {
+  return Object.values(state?.sframe?.byLeaf ?? {}).reduce((n, l) => n + l.decrypted, 0);
+}
+
+/**
+ * In the page, from now: polls every 50 ms for the admitted state and for the first frame the
+ * transform worker decrypted (`window.__sealroom.e2ee.sframe`) and the first decoded remote
+ * video frame; returns `{admitted, firstDecrypted, firstDecoded}` (Date.now() values).
+ */
+export async function firstDecrypted(page, timeoutMs = 20_000) {
+  return withTimeout(
+    page.evaluate(
+      (limit) =>
+        new Promise((resolve, reject) => {
+          const started = Date.now();
+          let admitted = null;
+          let firstDecrypted = null;
+          let firstDecoded = null;
+          const tick = async () => {
+            if (admitted === null && document.querySelector('[data-testid=meeting-state][data-state=admitted]')) admitted = Date.now();
+            const s = window.__sealroom;
+            if (s && s.e2ee && s.state !== 'closed') {
+              const n = Object.values(s.e2ee.sframe.byLeaf).reduce((a, l) => a + l.decrypted, 0);
+              if (n > 0 && firstDecrypted === null) firstDecrypted = Date.now();
+              if (firstDecoded === null) {
+                const r = await s.pc.getStats();
+                r.forEach((x) => {
+                  if (x.type === 'inbound-rtp' && x.kind === 'video' && (x.framesDecoded ?? 0) > 0 && firstDecoded === null) firstDecoded = Date.now();
+                });
+              }
+              if (firstDecrypted !== null && firstDecoded !== null) return resolve({ admitted, firstDecrypted, firstDecoded });
+            }
+            if (Date.now() - started > limit) return reject(new Error(`nothing decrypted within ${limit} ms`));
+            setTimeout(tick, 50);
+          };
+          tick();
+        }),
+      timeoutMs,
+    ),
+    timeoutMs + 2000,
+    'first decrypted frame',
+  );
+}
+
+/** framesDecoded / framesReceived (and packets) summed over the page's inbound video streams. */
+export async function videoDecodeRatio(page) {
+  return page.evaluate(async () => {
+    const r = await window.__sealroom.pc.getStats();
+    let received = 0;
+    let decoded = 0;
+    let packets = 0;
+    let pli = 0;
+    r.forEach((x) => {
+      if (x.type !== 'inbound-rtp' || x.kind !== 'video') return;
+      received += x.framesReceived ?? 0;
+      decoded += x.framesDecoded ?? 0;
+      packets += x.packetsReceived ?? 0;
+      pli += x.pliCount ?? 0;
+    });
+    return { received, decoded, packets, pli };
+  });
+}

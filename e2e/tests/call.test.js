@@ -67,15 +67,19 @@ test('three-way call: everyone decodes everyone; mute stops packets; leave drops
 
       // --- 1. Each page decodes the other two's video and audio.
       for (const [label, page] of Object.entries(pages)) await assertDecodesAll(label, page, othersOf(label));
-      // Every frame went through the transform worker, both ways.
+      // Every frame went through the transform worker (SFrame, e2ee.test.js has the details),
+      // both ways; what it drops is only what came before the keys (or a duplicate), never a
+      // frame that failed authentication.
       for (const [label, page] of Object.entries(pages)) {
         const frames = await waitUntil(`${label} transform counts`, async () => {
           const f = await page.evaluate(() => window.__sealroom.transformFrames);
           if (f.send > 50 && f.receive > 50) return f;
           throw new Error(`counts ${JSON.stringify(f)}`);
         });
-        assert.equal(frames.dropped, 0, `${label}: identity transform drops nothing`);
-        log(`${label} transform worker: ${frames.send} frames sent, ${frames.receive} received`);
+        const auth = Object.values(frames.sframe.byLeaf).reduce((n, l) => n + (l.failed.auth ?? 0), 0);
+        assert.equal(auth, 0, `${label}: no frame failed SFrame authentication (${JSON.stringify(frames.sframe.byLeaf)})`);
+        assert.ok(frames.dropped < frames.receive / 5, `${label}: the transform worker drops few frames (${frames.dropped} of ${frames.send + frames.receive + frames.dropped})`);
+        log(`${label} transform worker: ${frames.send} frames sent, ${frames.receive} received (SFrame), ${frames.dropped} dropped (before the keys, or duplicates)`);
       }
       // The camera is sent as simulcast (log which layers Chromium actually encodes here).
       const sent = (await outbound(A.page)).filter((o) => o.kind === 'video');
@@ -291,7 +295,14 @@ test('internal level: Opus CBR without DTX, no audio-level extension, active spe
           await new Promise((r) => setTimeout(r, 400));
         }
         assert.ok(perPacket.length >= 4, `${u.label} sends audio`);
-        assert.ok(Math.max(...perPacket) - Math.min(...perPacket) < 0.01, `${u.label}: constant audio packet size (bytes per packet over 400 ms intervals: ${perPacket.map((x) => x.toFixed(2)).join(', ')})`);
+        // SFrame (RFC 9605 §4.3) writes the frame counter in as few bytes as it needs: the header
+        // grows by one byte when the counter reaches 256 (after ~5 s of audio) and 65536 (~22 min).
+        // That step depends on time only, never on what is said; anything else must be constant.
+        const steps = perPacket.slice(1).map((x, i) => x - perPacket[i]);
+        assert.ok(
+          steps.every((d) => d > -0.01) && Math.max(...perPacket) - Math.min(...perPacket) <= 1.01,
+          `${u.label}: constant audio packet size but for SFrame's one-byte counter step (bytes per packet over 400 ms intervals: ${perPacket.map((x) => x.toFixed(2)).join(', ')})`,
+        );
         log(`${u.label}: CBR audio, ${perPacket[0].toFixed(1)} bytes per packet`);
       }
       // The active speaker still shows, computed from decoded audio.

@@ -1,13 +1,16 @@
 //! The native sealroom client: enrols a software (Ed25519) device from an enrolment link, logs
 //! in by signing the server's challenge, and speaks the signaling WebSocket — the same
 //! admission path a browser takes. Bots, load generators and tests use it; [`media`] adds a
-//! str0m media session that publishes synthetic audio and video and counts what it receives.
+//! str0m media session that publishes synthetic audio and video and counts what it receives,
+//! end to end encrypted by [`e2ee`] (an MLS member of the meeting's group, SFrame on every
+//! frame; nothing is sent without a group key).
 //!
 //! It never trusts the server with its key: the key file stays on this machine (mode 0600)
 //! and only signatures over domain-separated challenges leave it.
 
 #![forbid(unsafe_code)]
 
+pub mod e2ee;
 pub mod media;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -369,7 +372,11 @@ impl Client {
             tokio_tungstenite::connect_async_tls_with_config(req, None, false, connector)
                 .await
                 .map_err(|e| Error::Transport(e.to_string()))?;
-        let mut s = Signaling { stream };
+        let mut s = Signaling {
+            stream,
+            origin: self.origin.clone(),
+            admission: None,
+        };
         match s.next(Duration::from_secs(10)).await? {
             Some(ServerMsg::Hello { state }) if state == expect => Ok(s),
             other => Err(Error::Protocol(format!(
@@ -382,9 +389,23 @@ impl Client {
 type WsStream =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// The signaling WebSocket.
+/// The signaling WebSocket. It remembers the admission it has seen pass (meeting, who we
+/// are, who else is there), so a media session started on it knows which meeting's MLS group
+/// to join.
 pub struct Signaling {
     stream: WsStream,
+    origin: String,
+    admission: Option<Admission>,
+}
+
+/// What the server told this socket about the meeting it is admitted to.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    pub meeting: MeetingInfo,
+    /// Our participant id.
+    pub you: String,
+    /// The latest participant list (ours included).
+    pub participants: Vec<Participant>,
 }
 
 /// How a join ended.
@@ -400,6 +421,46 @@ pub enum JoinOutcome {
 }
 
 impl Signaling {
+    /// The server's origin (its id in MLS bindings).
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The meeting this socket is admitted to, as last seen on it.
+    pub fn admission(&self) -> Option<&Admission> {
+        self.admission.as_ref()
+    }
+
+    /// Keeps [`Signaling::admission`] current.
+    fn observe(&mut self, msg: &ServerMsg) {
+        match msg {
+            ServerMsg::Admitted {
+                meeting,
+                you,
+                participants,
+                ..
+            } => {
+                self.admission = Some(Admission {
+                    meeting: meeting.clone(),
+                    you: you.clone(),
+                    participants: participants.clone(),
+                })
+            }
+            ServerMsg::Participants { participants } => {
+                if let Some(a) = &mut self.admission {
+                    a.participants = participants.clone();
+                }
+            }
+            ServerMsg::MeetingUpdate { meeting } => {
+                if let Some(a) = &mut self.admission {
+                    a.meeting = meeting.clone();
+                }
+            }
+            ServerMsg::Refused { .. } | ServerMsg::Left => self.admission = None,
+            _ => {}
+        }
+    }
+
     pub async fn send(&mut self, msg: &ClientMsg) -> Result<()> {
         let text = serde_json::to_string(msg).map_err(|e| Error::Protocol(e.to_string()))?;
         self.send_text(&text).await
@@ -438,9 +499,10 @@ impl Signaling {
             match self.stream.next().await {
                 None | Some(Ok(Message::Close(_))) | Some(Err(_)) => return Ok(None),
                 Some(Ok(Message::Text(t))) => {
-                    return serde_json::from_str(t.as_str())
-                        .map(Some)
-                        .map_err(|e| Error::Protocol(format!("{e}: {t}")))
+                    let msg: ServerMsg = serde_json::from_str(t.as_str())
+                        .map_err(|e| Error::Protocol(format!("{e}: {t}")))?;
+                    self.observe(&msg);
+                    return Ok(Some(msg));
                 }
                 Some(Ok(_)) => continue,
             }

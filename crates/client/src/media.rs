@@ -4,9 +4,17 @@
 //! The task publishes synthetic media — a looped 1 s Opus tone (microphone) every 20 ms and a
 //! looped 2 s VP8 stream (camera, 320×240) every 33 ms, both pre-encoded by `assets/make.sh` —
 //! answers every renegotiation offer of the SFU, keeps the `media_tracks` mapping, and counts
-//! what it receives per remote participant and source. Signaling messages that are not about
-//! media go to the caller through [`MediaSession::next_event`]; the caller sends through
-//! [`MediaSession::send`].
+//! what it receives. Signaling messages that are not about media or MLS go to the caller
+//! through [`MediaSession::next_event`]; the caller sends through [`MediaSession::send`].
+//!
+//! Every frame is end-to-end encrypted ([`crate::e2ee`]): once admitted, the task runs the MLS
+//! member of the meeting's group over the same signaling socket; each outgoing frame is
+//! SFrame-encrypted with the current epoch's key under its source's KID before str0m sees it,
+//! and nothing is sent before there is a key. Each incoming frame is decrypted; what fails is
+//! dropped and counted by reason, what decrypts is counted per sender and source as its KID
+//! names them (leaf → credential → the server's participant with that device), never as
+//! signaling labels the transceiver. The per-transceiver counts in [`MediaStats::tracks`] are
+//! the transport's view (ciphertext, labelled by the SFU).
 //!
 //! The loop is str0m's: drain `poll_output` until it returns a timeout, then wait for the
 //! first of a datagram, a signaling message, a command, that timeout or the next media frame,
@@ -16,10 +24,13 @@
 //! A removal, refusal or `leave` does not tear the transport down here: the server must cut
 //! it, and tests measure exactly that. [`MediaSession::stop`] ends it.
 
+use crate::e2ee::{self, E2eeStats, SenderStats};
 use crate::{Error, Result, Signaling};
-use sealroom_proto::{ClientMsg, MediaSource, RemoteTrack, ServerMsg, Source};
-use std::collections::{HashMap, HashSet};
+use sealroom_e2ee::sframe::Codec as FrameCodec;
+use sealroom_proto::{ClientMsg, MediaSource, Participant, RemoteTrack, ServerMsg, Source};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
@@ -59,6 +70,16 @@ pub struct MediaOptions {
     pub simulcast: bool,
     /// The instant first-frame times are measured from (usually: when `join` was sent).
     pub since: Instant,
+    /// A file of server identity keys pinned per origin (docs/E2EE.md §2). Without one the key
+    /// is trusted on first use for this session only.
+    pub server_key_pins: Option<PathBuf>,
+    /// The periodic MLS key update of the designated committer.
+    pub key_update_every: Duration,
+    /// Seed of the commit backoff (random when `None`).
+    pub rng_seed: Option<u64>,
+    /// Keep the last this many received frame payloads as they arrived, before decryption
+    /// ([`MediaSession::tapped`]); 0 keeps none.
+    pub tap_frames: usize,
 }
 
 impl Default for MediaOptions {
@@ -70,6 +91,10 @@ impl Default for MediaOptions {
             video: true,
             simulcast: false,
             since: Instant::now(),
+            server_key_pins: None,
+            key_update_every: e2ee::KEY_UPDATE_EVERY,
+            rng_seed: None,
+            tap_frames: 0,
         }
     }
 }
@@ -79,7 +104,8 @@ impl Default for MediaOptions {
 pub struct TrackStats {
     /// Our receiving transceiver.
     pub mid: String,
-    /// The publisher, by its participant id (from `media_tracks`; empty if never mapped).
+    /// The publisher, by its participant id (in [`MediaStats::tracks`]: from `media_tracks`,
+    /// the SFU's label; in [`MediaStats::by_source`]: from the frames' KIDs). Empty if unknown.
     pub participant_id: String,
     pub source: Option<Source>,
     pub frames: u64,
@@ -89,13 +115,24 @@ pub struct TrackStats {
     pub last_frame_at: Option<Instant>,
 }
 
+/// A received frame as it arrived, before decryption.
+#[derive(Debug, Clone)]
+pub struct TappedFrame {
+    pub mid: String,
+    pub codec: FrameCodec,
+    pub payload: Vec<u8>,
+    pub at: Instant,
+}
+
 /// A snapshot of the session.
 #[derive(Debug, Clone, Default)]
 pub struct MediaStats {
     /// From [`MediaOptions::since`] to DTLS-SRTP up.
     pub connected_after: Option<Duration>,
-    /// From [`MediaOptions::since`] to the first frame from anyone.
+    /// From [`MediaOptions::since`] to the first frame from anyone that decrypted.
     pub first_remote_frame_after: Option<Duration>,
+    /// From [`MediaOptions::since`] to the first frame from anyone, decrypted or not.
+    pub first_raw_frame_after: Option<Duration>,
     pub audio_frames_sent: u64,
     pub video_frames_sent: u64,
     /// Keyframe requests (PLI/FIR) that reached us as a publisher.
@@ -106,17 +143,33 @@ pub struct MediaStats {
     pub foreign_datagrams: u64,
     /// ICE state, as str0m reports it.
     pub ice: String,
-    /// Every remote track ever received on, by mid.
+    /// Every remote track ever received on, by mid: frames as they arrived (ciphertext),
+    /// labelled by the SFU's `media_tracks`.
     pub tracks: Vec<TrackStats>,
+    /// Frames that decrypted, per sender (MLS leaf) and source, labelled from their KIDs.
+    pub senders: Vec<SenderStats>,
+    /// Frames that arrived while we had no E2EE session (not admitted); all dropped.
+    pub frames_without_session: u64,
+    /// MLS membership and SFrame state.
+    pub e2ee: E2eeStats,
     /// Why the task ended, if it did by itself.
     pub ended: Option<String>,
 }
 
 impl MediaStats {
-    /// Totals per (participant, source), in first-seen order.
+    /// Decrypted totals per (participant, source), from the frames' KIDs.
     pub fn by_source(&self) -> Vec<TrackStats> {
         let mut out: Vec<TrackStats> = Vec::new();
-        for t in &self.tracks {
+        let decrypted = self.senders.iter().map(|s| TrackStats {
+            mid: s.mid.clone(),
+            participant_id: s.participant_id.clone(),
+            source: Some(s.source),
+            frames: s.frames,
+            bytes: s.bytes,
+            first_frame_after: s.first_frame_after,
+            last_frame_at: s.last_frame_at,
+        });
+        for t in decrypted {
             match out
                 .iter_mut()
                 .find(|o| o.participant_id == t.participant_id && o.source == t.source)
@@ -130,45 +183,60 @@ impl MediaStats {
                     };
                     o.last_frame_at = o.last_frame_at.max(t.last_frame_at);
                 }
-                None => out.push(t.clone()),
+                None => out.push(t),
             }
         }
         out
     }
 
-    /// Frames received from `participant_id`'s `source`.
+    /// Frames from `participant_id`'s `source` that decrypted (labelled from their KIDs).
     pub fn frames_from(&self, participant_id: &str, source: Source) -> u64 {
-        self.tracks
+        self.senders
             .iter()
-            .filter(|t| t.participant_id == participant_id && t.source == Some(source))
-            .map(|t| t.frames)
+            .filter(|s| s.participant_id == participant_id && s.source == source)
+            .map(|s| s.frames)
             .sum()
     }
 
-    /// The last frame from `participant_id` (any source).
+    /// The last frame from `participant_id` (any source) that decrypted.
     pub fn last_frame_from(&self, participant_id: &str) -> Option<Instant> {
-        self.tracks
+        self.senders
             .iter()
-            .filter(|t| t.participant_id == participant_id)
-            .filter_map(|t| t.last_frame_at)
+            .filter(|s| s.participant_id == participant_id)
+            .filter_map(|s| s.last_frame_at)
             .max()
     }
 
-    /// The last frame from anyone.
+    /// The last frame from anyone, as it arrived (decrypted or not).
     pub fn last_frame(&self) -> Option<Instant> {
         self.tracks.iter().filter_map(|t| t.last_frame_at).max()
     }
+
+    /// The last frame from anyone that decrypted.
+    pub fn last_decrypted_frame(&self) -> Option<Instant> {
+        self.senders.iter().filter_map(|s| s.last_frame_at).max()
+    }
 }
+
+type Reply<T> = oneshot::Sender<std::result::Result<T, String>>;
 
 enum Cmd {
     Send(ClientMsg),
     Stop(oneshot::Sender<Signaling>),
+    Chat(String, Reply<()>),
+    Export {
+        label: String,
+        context: Vec<u8>,
+        len: usize,
+        reply: Reply<Vec<u8>>,
+    },
 }
 
 /// A running media session; dropping it stops the task (and closes the signaling socket).
 pub struct MediaSession {
     local: SocketAddr,
     stats: Arc<Mutex<MediaStats>>,
+    tap: Arc<Mutex<VecDeque<TappedFrame>>>,
     cmd: mpsc::UnboundedSender<Cmd>,
     events: mpsc::UnboundedReceiver<ServerMsg>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -176,7 +244,8 @@ pub struct MediaSession {
 
 impl MediaSession {
     /// Bind the socket, send our offer (`media_offer`) over `sig` and start the task. Call it
-    /// once admitted; a refusal of the offer arrives as a `ServerMsg::Error` event.
+    /// once admitted; a refusal of the offer arrives as a `ServerMsg::Error` event. The MLS
+    /// member starts at once if `sig` is admitted, else when the admission arrives.
     pub async fn start(mut sig: Signaling, opts: MediaOptions) -> Result<MediaSession> {
         let socket = UdpSocket::bind(opts.bind).await?;
         let local = socket.local_addr()?;
@@ -232,10 +301,30 @@ impl MediaSession {
         })
         .await?;
 
+        let pinned = match &opts.server_key_pins {
+            Some(path) => e2ee::load_pin(path, sig.origin())?,
+            None => None,
+        };
+        let e2ee_opts = E2eeOptions {
+            origin: sig.origin().to_string(),
+            pins: opts.server_key_pins.clone(),
+            pinned,
+            key_update_every: opts.key_update_every,
+            rng_seed: opts.rng_seed.unwrap_or_else(rand::random),
+        };
+        let e2ee = match sig.admission() {
+            Some(a) => Some(e2ee_opts.session(a.meeting.clone(), &a.you, &a.participants, now)?),
+            None => None,
+        };
         let stats = Arc::new(Mutex::new(MediaStats {
             ice: "new".into(),
+            e2ee: E2eeStats {
+                state: "off".into(),
+                ..E2eeStats::default()
+            },
             ..MediaStats::default()
         }));
+        let tap = Arc::new(Mutex::new(VecDeque::new()));
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let task = Task {
@@ -256,11 +345,19 @@ impl MediaSession {
             tracks: HashMap::new(),
             stats: stats.clone(),
             events: ev_tx,
+            e2ee_opts,
+            e2ee,
+            frames_without_session: 0,
+            first_raw: None,
+            first_decrypted: None,
+            tap: tap.clone(),
+            tap_frames: opts.tap_frames,
         };
         let task = tokio::spawn(task.run(cmd_rx));
         Ok(MediaSession {
             local,
             stats,
+            tap,
             cmd: cmd_tx,
             events: ev_rx,
             task: Some(task),
@@ -282,6 +379,44 @@ impl MediaSession {
         self.cmd
             .send(Cmd::Send(msg))
             .map_err(|_| Error::Transport("the media session has ended".into()))
+    }
+
+    /// Send a chat message to the group (an MLS application message, docs/E2EE.md §7).
+    pub async fn send_chat(&self, text: &str) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Cmd::Chat(text.to_string(), tx))
+            .map_err(|_| Error::Transport("the media session has ended".into()))?;
+        rx.await
+            .map_err(|_| Error::Transport("the media session has ended".into()))?
+            .map_err(Error::Usage)
+    }
+
+    /// `MLS-Exporter(label, context, len)` of the current epoch (RFC 9420 §8.5): members of
+    /// one epoch agree on it, nobody else can compute it.
+    pub async fn export_secret(&self, label: &str, context: &[u8], len: usize) -> Result<Vec<u8>> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Cmd::Export {
+                label: label.to_string(),
+                context: context.to_vec(),
+                len,
+                reply: tx,
+            })
+            .map_err(|_| Error::Transport("the media session has ended".into()))?;
+        rx.await
+            .map_err(|_| Error::Transport("the media session has ended".into()))?
+            .map_err(Error::Usage)
+    }
+
+    /// The last [`MediaOptions::tap_frames`] received frames as they arrived from the SFU.
+    pub fn tapped(&self) -> Vec<TappedFrame> {
+        self.tap
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// The next server message that is not about media (participants, refusals, errors…);
@@ -350,6 +485,45 @@ struct Task {
     tracks: HashMap<String, MidCount>,
     stats: Arc<Mutex<MediaStats>>,
     events: mpsc::UnboundedSender<ServerMsg>,
+    e2ee_opts: E2eeOptions,
+    /// The MLS member and SFrame state of the current admission.
+    e2ee: Option<e2ee::Session>,
+    frames_without_session: u64,
+    first_raw: Option<Instant>,
+    first_decrypted: Option<Instant>,
+    tap: Arc<Mutex<VecDeque<TappedFrame>>>,
+    tap_frames: usize,
+}
+
+/// What every E2EE session of this media session shares.
+struct E2eeOptions {
+    origin: String,
+    pins: Option<PathBuf>,
+    pinned: Option<ed25519_dalek::VerifyingKey>,
+    key_update_every: Duration,
+    rng_seed: u64,
+}
+
+impl E2eeOptions {
+    fn session(
+        &self,
+        meeting: sealroom_proto::MeetingInfo,
+        you: &str,
+        participants: &[Participant],
+        now: Instant,
+    ) -> Result<e2ee::Session> {
+        let mut s = e2ee::Session::new(e2ee::Config {
+            origin: self.origin.clone(),
+            meeting,
+            you: you.to_string(),
+            pinned: self.pinned,
+            key_update_every: self.key_update_every,
+            rng_seed: self.rng_seed,
+        })
+        .map_err(|e| Error::Protocol(format!("MLS: {e}")))?;
+        s.set_participants(participants, now);
+        Ok(s)
+    }
 }
 
 enum Step {
@@ -365,6 +539,9 @@ impl Task {
         let mut next_audio = start;
         let mut next_video = start;
         let why = loop {
+            if let Step::End(e) = self.flush_e2ee().await {
+                break Step::End(e);
+            }
             let timeout = match self.drain() {
                 Ok(t) => t,
                 Err(e) => break Step::End(e),
@@ -372,6 +549,9 @@ impl Task {
             let mut wake = timeout;
             if self.connected {
                 wake = wake.min(next_audio).min(next_video);
+            }
+            if let Some(t) = self.e2ee.as_ref().and_then(|e| e.poll_timeout()) {
+                wake = wake.min(t);
             }
             let step = tokio::select! {
                 r = self.socket.recv_from(&mut buf) => match r {
@@ -396,10 +576,29 @@ impl Task {
                         None => Step::Go,
                     },
                     Some(Cmd::Stop(reply)) => Step::Stop(reply),
+                    Some(Cmd::Chat(text, reply)) => {
+                        let r = match &mut self.e2ee {
+                            Some(e) => e.send_chat(&text),
+                            None => Err("not admitted".into()),
+                        };
+                        let _ = reply.send(r);
+                        Step::Go
+                    }
+                    Some(Cmd::Export { label, context, len, reply }) => {
+                        let r = match &self.e2ee {
+                            Some(e) => e.export_secret(&label, &context, len),
+                            None => Err("not admitted".into()),
+                        };
+                        let _ = reply.send(r);
+                        Step::Go
+                    }
                     None => Step::End("dropped".into()),
                 },
                 _ = tokio::time::sleep_until(wake.into()) => {
                     let now = Instant::now();
+                    if let Some(e) = &mut self.e2ee {
+                        e.handle_timeout(now);
+                    }
                     // After a stall the clock restarts at `now` rather than sending a burst.
                     if self.connected && now >= next_audio {
                         next_audio = (next_audio + AUDIO_EVERY).max(now);
@@ -431,6 +630,35 @@ impl Task {
             Step::End(e) => lock(&self.stats).ended = Some(e),
             Step::Go => {}
         }
+    }
+
+    /// Sends what the MLS member has for the delivery service; pins a first-use server key.
+    async fn flush_e2ee(&mut self) -> Step {
+        let Some(e) = &mut self.e2ee else {
+            return Step::Go;
+        };
+        let mut msgs = Vec::new();
+        let mut pin = None;
+        while let Some(o) = e.poll_output() {
+            match o {
+                e2ee::Output::Send(m) => msgs.push(m),
+                e2ee::Output::PinServerKey(k) => pin = Some(k),
+            }
+        }
+        if let (Some(k), Some(path)) = (pin, &self.e2ee_opts.pins) {
+            if let Err(err) = e2ee::save_pin(path, &self.e2ee_opts.origin, &k) {
+                return Step::End(format!("pinning the server key: {err}"));
+            }
+            self.e2ee_opts.pinned = Some(k);
+        }
+        for m in msgs {
+            if let Some(sig) = &mut self.sig {
+                if let Err(e) = sig.send(&m).await {
+                    return Step::End(e.to_string());
+                }
+            }
+        }
+        Step::Go
     }
 
     /// Drain str0m's output; returns when to wake it next.
@@ -467,18 +695,40 @@ impl Task {
             }
             Event::MediaData(d) => {
                 let mid = d.mid.to_string();
-                let c = self.tracks.entry(mid).or_default();
+                let c = self.tracks.entry(mid.clone()).or_default();
                 c.frames += 1;
                 c.bytes += d.data.len() as u64;
                 c.first.get_or_insert(now);
                 c.last = Some(now);
-                let mut s = lock(&self.stats);
-                if s.first_remote_frame_after.is_none() {
-                    s.first_remote_frame_after = Some(now.saturating_duration_since(self.since));
+                self.first_raw.get_or_insert(now);
+                let codec = match d.params.spec().codec {
+                    Codec::Opus => FrameCodec::Opus,
+                    _ => FrameCodec::Vp8,
+                };
+                if self.tap_frames > 0 {
+                    let mut tap = self.tap.lock().unwrap_or_else(|p| p.into_inner());
+                    if tap.len() == self.tap_frames {
+                        tap.pop_front();
+                    }
+                    tap.push_back(TappedFrame {
+                        mid: mid.clone(),
+                        codec,
+                        payload: d.data.to_vec(),
+                        at: now,
+                    });
                 }
-                drop(s);
-                // Publishing on every frame would be costly; a snapshot is cheap enough at
-                // these rates (≈ 80 frames/s per remote participant).
+                match &mut self.e2ee {
+                    // A frame that fails is dropped here (the session counts why); there is
+                    // no passthrough.
+                    Some(e) => {
+                        if e.decrypt(&mid, codec, &d.data, now).is_ok() {
+                            self.first_decrypted.get_or_insert(now);
+                        }
+                    }
+                    None => self.frames_without_session += 1,
+                }
+                // A snapshot per frame is cheap enough at these rates (≈ 80 frames/s per
+                // remote participant).
                 self.publish_stats();
             }
             Event::KeyframeRequest(r) if Some(r.mid) == self.video_mid => {
@@ -510,7 +760,36 @@ impl Task {
             })
             .collect();
         tracks.sort_by(|a, b| a.mid.cmp(&b.mid));
-        lock(&self.stats).tracks = tracks;
+        let now = Instant::now();
+        let (senders, e2ee) = match &self.e2ee {
+            Some(e) => {
+                let mut senders = e.senders();
+                for s in &mut senders {
+                    s.first_frame_after = s
+                        .first_frame_at
+                        .map(|t| t.saturating_duration_since(self.since));
+                }
+                (senders, e.stats(now))
+            }
+            None => (
+                Vec::new(),
+                E2eeStats {
+                    state: "off".into(),
+                    ..E2eeStats::default()
+                },
+            ),
+        };
+        let mut s = lock(&self.stats);
+        s.tracks = tracks;
+        s.senders = senders;
+        s.e2ee = e2ee;
+        s.frames_without_session = self.frames_without_session;
+        s.first_raw_frame_after = self
+            .first_raw
+            .map(|t| t.saturating_duration_since(self.since));
+        s.first_remote_frame_after = self
+            .first_decrypted
+            .map(|t| t.saturating_duration_since(self.since));
     }
 
     fn receive(&mut self, source: SocketAddr, data: &[u8]) -> Step {
@@ -537,6 +816,30 @@ impl Task {
     }
 
     async fn signaling(&mut self, m: ServerMsg) -> Step {
+        let now = Instant::now();
+        if let ServerMsg::Admitted {
+            meeting,
+            you,
+            participants,
+            ..
+        } = &m
+        {
+            // Admitted from the lobby (or again): a fresh MLS member for this admission.
+            match self
+                .e2ee_opts
+                .session(meeting.clone(), you, participants, now)
+            {
+                Ok(s) => self.e2ee = Some(s),
+                Err(e) => return Step::End(e.to_string()),
+            }
+        }
+        if let Some(e) = &mut self.e2ee {
+            let consumed = e.handle_message(&m, now);
+            self.publish_stats();
+            if consumed {
+                return Step::Go;
+            }
+        }
         match m {
             ServerMsg::MediaAnswer { sdp } => {
                 let Some(pending) = self.pending.take() else {
@@ -600,14 +903,25 @@ impl Task {
             .map(|p| p.pt())
     }
 
+    /// SFrame-encrypts one frame of ours; `None`: not sent (no group key yet, or failed).
+    fn encrypt(&mut self, source: Source, frame: &[u8]) -> Option<Vec<u8>> {
+        match &mut self.e2ee {
+            Some(e) => e.encrypt(source, e2ee::codec_of(source), frame),
+            None => None,
+        }
+    }
+
     fn send_audio(&mut self, now: Instant) {
         let (Some(mid), Some(pt)) = (self.audio_mid, self.pt(Codec::Opus)) else {
             return;
         };
         let (n, packet) = self.audio.next();
         let t = MediaTime::new(n * 960, Frequency::FORTY_EIGHT_KHZ);
+        let Some(wire) = self.encrypt(Source::Microphone, packet) else {
+            return;
+        };
         if let Some(w) = self.rtc.writer(mid) {
-            if w.write(pt, now, t, packet.to_vec()).is_ok() {
+            if w.write(pt, now, t, wire).is_ok() {
                 lock(&self.stats).audio_frames_sent += 1;
             }
         }
@@ -617,6 +931,9 @@ impl Task {
         let (Some(mid), Some(pt)) = (self.video_mid, self.pt(Codec::Vp8)) else {
             return;
         };
+        if self.e2ee.as_mut().is_some_and(|e| e.take_keyframe_wanted()) {
+            self.video.keyframe_due = true;
+        }
         let (n, frame) = self.video.next();
         let t = MediaTime::new(n * 3_000, Frequency::NINETY_KHZ);
         let rids: Vec<Option<Rid>> = if self.simulcast {
@@ -626,13 +943,17 @@ impl Task {
         };
         let mut sent = false;
         for rid in rids {
+            // Each layer is its own SFrame frame: one counter per encryption, never reused.
+            let Some(wire) = self.encrypt(Source::Camera, frame) else {
+                return;
+            };
             let Some(mut w) = self.rtc.writer(mid) else {
                 return;
             };
             if let Some(rid) = rid {
                 w = w.rid(rid);
             }
-            sent |= w.write(pt, now, t, frame.to_vec()).is_ok();
+            sent |= w.write(pt, now, t, wire).is_ok();
         }
         if sent {
             lock(&self.stats).video_frames_sent += 1;

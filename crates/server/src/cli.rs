@@ -693,6 +693,8 @@ async fn client(cmd: ClientCmd, json_out: bool) -> anyhow::Result<ExitCode> {
                 bind: media_bind,
                 simulcast,
                 since,
+                // The server identity key is pinned per origin beside the device identity.
+                server_key_pins: Some(identity.with_extension("pins.json")),
                 ..MediaOptions::default()
             };
             let mut session = MediaSession::start(sig, opts).await?;
@@ -745,6 +747,7 @@ async fn client(cmd: ClientCmd, json_out: bool) -> anyhow::Result<ExitCode> {
                         "keyframe_requests": stats.keyframe_requests,
                         "ended": stats.ended,
                         "remote": remote,
+                        "e2ee": e2ee_report(&stats.e2ee),
                     }})
                 );
             } else {
@@ -762,6 +765,16 @@ async fn client(cmd: ClientCmd, json_out: bool) -> anyhow::Result<ExitCode> {
                 if let Some(e) = &stats.ended {
                     println!("media ended early: {e}");
                 }
+                let e = &stats.e2ee;
+                println!(
+                    "e2ee: {}; epoch {}, security code {}, {} member(s); {} frames decrypted, {} dropped",
+                    e.reason.as_deref().unwrap_or(&e.state),
+                    e.epoch.map(|n| n.to_string()).unwrap_or_else(|| "none".into()),
+                    e.security_code.as_deref().unwrap_or("none"),
+                    e.roster.len(),
+                    e.frames_decrypted,
+                    e.failures.total()
+                );
                 for (pid, ts) in &remote {
                     let who = names.get(pid).map(String::as_str).unwrap_or("?");
                     println!("  from {who} ({pid}):");
@@ -781,6 +794,29 @@ async fn client(cmd: ClientCmd, json_out: bool) -> anyhow::Result<ExitCode> {
             Ok(code)
         }
     }
+}
+
+/// The E2EE state of a `client join --media` report.
+fn e2ee_report(e: &sealroom_client::e2ee::E2eeStats) -> serde_json::Value {
+    json!({
+        "state": e.state,
+        "reason": e.reason,
+        "epoch": e.epoch,
+        "security_code": e.security_code,
+        "members": e.roster.iter().map(|m| json!({
+            "leaf": m.leaf, "user_name": m.user_name, "device_id": m.device_id,
+            "verified": m.verified, "participant_id": m.participant_id,
+        })).collect::<Vec<_>>(),
+        "unannounced_members": e.unannounced_members.iter().map(|m| m.leaf).collect::<Vec<_>>(),
+        "participants_without_leaf": e.participants_without_leaf,
+        "frames_decrypted": e.frames_decrypted,
+        "frames_encrypted": e.frames_encrypted,
+        "dropped": {
+            "malformed": e.failures.malformed, "unknown_kid": e.failures.unknown_kid,
+            "epoch_expired": e.failures.epoch_expired, "replay": e.failures.replay,
+            "too_old": e.failures.too_old, "auth_failed": e.failures.auth_failed,
+        },
+    })
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<ExitCode> {

@@ -14,7 +14,7 @@
 // Every sender and receiver goes through the frame transform worker (e2ee/transforms.ts); if
 // it cannot start, the call does not start (no plaintext fallback).
 
-import type { FrameCounts } from '../e2ee/transform-worker';
+import type { FrameCounts, MlsStatus } from '../e2ee/protocol';
 import { FrameTransforms } from '../e2ee/transforms';
 import { MAX_WS_MESSAGE, type ClientMsg, type Level, type MediaSource, type Participant, type RemoteTrack, type Source } from '../proto';
 import { metadataPolicy, mlines } from './sdp';
@@ -89,6 +89,25 @@ export interface SealroomDebug {
   events: [number, string][];
   /** Set by the meeting page: drops the signaling socket as a lost network would. */
   dropSignaling?: () => void;
+  /** Set by the meeting page: end-to-end encryption as this page sees it. */
+  e2ee?: E2eeDebug;
+}
+
+/** What tests read of E2EE (`window.__sealroom.e2ee`); never a key. */
+export interface E2eeDebug {
+  /** MLS status: phase, epoch, security code, exporter check value, roster. */
+  readonly status: MlsStatus;
+  readonly epoch: number | null;
+  readonly securityCode: string | null;
+  readonly checkValue: string | null;
+  /** The joined roster rows (MLS members and participants). */
+  readonly roster: unknown[];
+  /** SFrame counters from the transform worker (encrypted per source; per leaf decrypted/failed by reason). */
+  readonly sframe: FrameCounts['sframe'];
+  /** Chat as shown. */
+  readonly chat: unknown[];
+  /** Security warnings shown. */
+  readonly warnings: string[];
 }
 
 declare global {
@@ -212,6 +231,7 @@ export class CallMedia {
     // Throws when the transform worker cannot run: then there is no call at all.
     this.transforms = new FrameTransforms((c) => {
       if (window.__sealroom) window.__sealroom.transformFrames = c;
+      this.hooks.changed();
     });
     this.pc = new RTCPeerConnection(PC_CONFIG);
     this.mic = this.addSender('audio', null, 'microphone', { direction: 'sendonly' });
@@ -357,6 +377,21 @@ export class CallMedia {
     this.hooks.changed();
   }
 
+  /** The transform worker's end of the key channel from the MLS worker. */
+  connectKeys(port: MessagePort): void {
+    this.transforms.connectKeys(port);
+  }
+
+  /** Latest SFrame statistics of the transform worker. */
+  get sframe(): FrameCounts['sframe'] {
+    return this.transforms.counts.sframe;
+  }
+
+  /** The receiving mids the server attributes to a participant (any source). */
+  midsOf(participantId: string): string[] {
+    return this.tracks.filter((t) => t.participant_id === participantId).map((t) => t.mid);
+  }
+
   /** Whose source the track on this mid is, as far as `media_tracks` said. */
   trackInfo(mid: string): RemoteTrack | undefined {
     return this.tracks.find((t) => t.mid === mid);
@@ -478,7 +513,7 @@ export class CallMedia {
    */
   private addSender(kind: Kind, track: MediaStreamTrack | null, source: Source, init: RTCRtpTransceiverInit): RTCRtpTransceiver {
     const t = this.pc.addTransceiver(track ?? kind, init);
-    this.transforms.attachSender(t.sender, source, null);
+    this.transforms.attachSender(t.sender, kind, source, null);
     preferCodecs(t, kind);
     this.sending.set(t, source);
     return t;

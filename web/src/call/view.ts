@@ -9,9 +9,12 @@
 
 import { h, uid } from '../dom';
 import { kindLabel } from '../format';
-import type { Participant, Source } from '../proto';
-import type { CallMedia, ConnectionState } from './media';
+import type { Level, Participant, Source } from '../proto';
+import { joinRoster, tileIdentity, type RosterRow, type TileIdentity } from '../e2ee/roster';
+import { initialStatus, type E2eeSession } from '../e2ee/session';
+import type { CallMedia, ConnectionState, E2eeDebug } from './media';
 import type { Quality } from './quality';
+import { SecurityPanel, deviceKindText, memberName } from './security';
 
 export interface CallActions {
   leave(): void;
@@ -75,6 +78,27 @@ interface TileData {
   active: boolean;
   /** Its connection to the server dropped; it is expected back (others only). */
   away: boolean;
+  /** Who the keys say sends on this tile (others), or our own leaf (self). */
+  identity: TileIdentity;
+  /** We hold the group's keys. */
+  keyed: boolean;
+}
+
+/** The tile's line about its keys: who the KIDs of its frames say sends, and whether that verifies. */
+function identityText(d: TileData): string {
+  const id = d.identity;
+  const m = id.member;
+  if (d.isSelf) {
+    if (!m) return 'Keys: not in the encrypted group yet';
+    return `Keys: leaf ${m.leaf}, ${m.verified ? 'verified' : 'NOT VERIFIED'} as ${memberName(m)} on ${m.deviceName ?? 'unknown device'}`;
+  }
+  if (!d.keyed) return 'Encryption: waiting for this device’s keys';
+  if (id.leaf === null) return id.stalled ? 'Encryption: media arrives but nothing decrypts' : 'Encryption: nothing decrypted from this tile yet';
+  const who = m ? `${memberName(m)} on ${m.deviceName ?? 'unknown device'} (${deviceKindText(m.deviceKind)})` : `leaf ${id.leaf}, which is not a member`;
+  const words = [`Encrypted by ${who}`, m?.verified ? 'verified' : 'NOT VERIFIED'];
+  if (id.mismatch) words.push('DOES NOT MATCH the server’s name for this tile');
+  if (id.stalled) words.push('nothing decrypts any more');
+  return words.join(' — ');
 }
 
 class Tile {
@@ -89,6 +113,7 @@ class Tile {
   private readonly badges: HTMLSpanElement;
   private readonly speaking: HTMLSpanElement;
   private readonly device: HTMLParagraphElement;
+  private readonly keys: HTMLParagraphElement;
   private readonly state: HTMLParagraphElement;
   private readonly presence: HTMLParagraphElement;
   private readonly quality: HTMLParagraphElement;
@@ -100,6 +125,7 @@ class Tile {
     this.badges = h('span', { class: 'tile-badges' });
     this.speaking = h('span', { class: 'badge badge-speaking', testid: 'active-speaker', hidden: true }, 'speaking');
     this.device = h('p', { class: 'tile-detail' });
+    this.keys = h('p', { class: 'tile-detail tile-identity', testid: 'tile-identity' });
     this.state = h('p', { class: 'tile-detail tile-state', testid: 'tile-state' });
     this.presence = h('p', { class: 'tile-detail tile-presence', testid: 'tile-presence', hidden: true });
     this.quality = h('p', { class: 'tile-detail tile-quality', testid: 'tile-quality' });
@@ -119,7 +145,7 @@ class Tile {
       },
       this.media,
       this.mic,
-      h('div', { class: 'tile-caption' }, h('p', { class: 'tile-title' }, this.name, this.badges, this.speaking), this.device, this.presence, this.state, this.quality),
+      h('div', { class: 'tile-caption' }, h('p', { class: 'tile-title' }, this.name, this.badges, this.speaking), this.keys, this.device, this.presence, this.state, this.quality),
     );
   }
 
@@ -129,7 +155,19 @@ class Tile {
       this.displayName = p.display_name;
       this.camera.setAttribute('aria-label', `Camera of ${p.display_name}`);
     }
-    setText(this.name, d.isSelf ? `${p.display_name} (you)` : p.display_name);
+    // The name comes from the keys (the KID's leaf → its credential), never only from signaling.
+    const id = d.identity;
+    const m = id.member;
+    const keyName = m && m.verified && !id.mismatch ? (m.displayName ?? p.display_name) : null;
+    setText(this.name, keyName !== null ? (d.isSelf ? `${keyName} (you)` : keyName) : `${p.display_name}${d.isSelf ? ' (you)' : ''} (name from the server, not confirmed by keys)`);
+    setText(this.keys, identityText(d));
+    setData(this.keys, 'leaf', id.leaf === null ? '' : String(id.leaf));
+    setData(this.keys, 'verified', String(m?.verified === true && !id.mismatch));
+    setData(this.keys, 'keyUser', m?.username ?? '');
+    setData(this.keys, 'keyDevice', m?.deviceId ?? '');
+    setData(this.keys, 'mismatch', String(id.mismatch));
+    setData(this.keys, 'stalled', String(id.stalled));
+    setData(this.root, 'verified', String(m?.verified === true && !id.mismatch));
     setText(this.badges, p.host ? 'host' : '');
     this.badges.className = p.host ? 'tile-badges badge badge-host' : 'tile-badges';
     setText(this.device, `Device: ${p.device_name} (${kindLabel(p.device_kind)})`);
@@ -212,12 +250,24 @@ export class CallView {
   private readonly cameraSelect: HTMLSelectElement;
   private you = '';
   private participants: Participant[] = [];
+  /** Since when each participant has been without an MLS leaf (performance.now()), for "no keys". */
+  private readonly firstSeen = new Map<string, number>();
+  private readonly security: SecurityPanel;
+  private readonly ticker: number;
+  /** The last joined roster and warnings (also for tests). */
+  rows: RosterRow[] = [];
+  warnings: string[] = [];
 
   constructor(
     private readonly media: CallMedia | null,
     startError: string | null,
     actions: CallActions,
+    private readonly e2ee: E2eeSession | null = null,
+    level: Level = 'restricted',
   ) {
+    this.security = new SecurityPanel(e2ee, level);
+    // Time-based flags ("no keys" after 5 s) need a redraw without any event.
+    this.ticker = window.setInterval(() => this.refresh(), 1000);
     const headingId = uid('call-heading');
     this.status = h('p', { class: 'call-status', testid: 'media-status', 'aria-live': 'polite' });
     this.notice = h('p', { class: 'call-notice', testid: 'media-notice', hidden: true });
@@ -260,6 +310,7 @@ export class CallView {
       this.notice,
       this.grid,
       controls,
+      h('div', { class: 'call-side' }, this.security.root, this.security.chatRoot),
     );
     if (!media) {
       setText(this.muteButton, 'Mute microphone');
@@ -276,7 +327,40 @@ export class CallView {
   setRoster(you: string, participants: Participant[]): void {
     this.you = you;
     this.participants = participants;
+    const ids = new Set(participants.map((p) => p.id));
+    for (const id of [...this.firstSeen.keys()]) if (!ids.has(id)) this.firstSeen.delete(id);
     this.refresh();
+  }
+
+  /** What tests read of E2EE (`window.__sealroom.e2ee`): status, roster, counters; never a key. */
+  debug(): E2eeDebug {
+    const self = this;
+    return {
+      get status() {
+        return self.e2ee?.status ?? initialStatus(false);
+      },
+      get epoch() {
+        return self.e2ee?.status.epoch ?? null;
+      },
+      get securityCode() {
+        return self.e2ee?.status.securityCode ?? null;
+      },
+      get checkValue() {
+        return self.e2ee?.status.checkValue ?? null;
+      },
+      get roster() {
+        return self.rows.map((r) => ({ state: r.state, self: r.self, flags: r.flags, leaf: r.member?.leaf ?? null, username: r.member?.username ?? r.participant?.user_name ?? null, deviceId: r.member?.deviceId ?? r.participant?.device_id ?? null, participant: r.participant?.id ?? null }));
+      },
+      get sframe() {
+        return self.media?.sframe ?? { keyEpoch: null, encrypted: {}, sendDropped: 0, byLeaf: {}, unattributed: {}, byMid: {}, heldEarly: 0, recentDrops: [] };
+      },
+      get chat() {
+        return (self.e2ee?.chat ?? []).map((c) => ({ ...c }));
+      },
+      get warnings() {
+        return [...self.warnings];
+      },
+    };
   }
 
   /** Shows a device or media problem next to the call (the page's status region shows errors too). */
@@ -315,6 +399,31 @@ export class CallView {
       fillSelect(this.cameraSelect, m.cams, m.camId, 'No camera found');
     }
 
+    // The roster from our MLS state joined with the server's list; warnings; tile identities.
+    const status = this.e2ee?.status ?? initialStatus(false);
+    const keyed = status.phase === 'member';
+    const members = keyed ? status.members : [];
+    // "No keys" counts from when a participant was last without a leaf (it may lose its leaf
+    // later, e.g. when its connection is replaced), not from when it first appeared.
+    const now = performance.now();
+    for (const r of joinRoster(members, this.participants, null, new Map(), now, false)) {
+      if (!r.participant) continue;
+      if (r.member) this.firstSeen.delete(r.participant.id);
+      else if (!this.firstSeen.has(r.participant.id)) this.firstSeen.set(r.participant.id, now);
+    }
+    this.rows = joinRoster(members, this.participants, this.you || null, this.firstSeen, now, keyed);
+    const identities = new Map<string, TileIdentity>();
+    for (const p of this.participants) {
+      if (p.id === this.you) {
+        const me = members.find((x) => x.self) ?? null;
+        identities.set(p.id, { leaf: me?.leaf ?? null, member: me, mismatch: me !== null && (me.username !== p.user_name || me.deviceId !== p.device_id), stalled: false });
+      } else {
+        identities.set(p.id, tileIdentity(p, m?.midsOf(p.id) ?? [], m?.sframe.byMid ?? {}, members));
+      }
+    }
+    this.warnings = this.computeWarnings(status.failure?.message ?? null, keyed, identities);
+    this.security.update(status, this.rows, this.warnings, this.e2ee?.chat ?? []);
+
     // Tiles: self first, then the others in roster order.
     const ordered = [...this.participants.filter((p) => p.id === this.you), ...this.participants.filter((p) => p.id !== this.you)];
     const keep = new Set(ordered.map((p) => p.id));
@@ -336,11 +445,30 @@ export class CallView {
       const want: ChildNode | null = previous ? previous.nextSibling : this.grid.firstChild;
       if (want !== tile.root) this.grid.insertBefore(tile.root, want);
       previous = tile.root;
-      tile.render(this.tileData(p, isSelf));
+      tile.render(this.tileData(p, isSelf, identities.get(p.id) ?? { leaf: null, member: null, mismatch: false, stalled: false }, keyed));
     }
   }
 
-  private tileData(p: Participant, isSelf: boolean): TileData {
+  private computeWarnings(failure: string | null, keyed: boolean, identities: Map<string, TileIdentity>): string[] {
+    const out: string[] = [];
+    if (failure) out.push(failure);
+    for (const r of this.rows) {
+      if (r.state === 'verified' || r.state === 'joining') continue;
+      const who = r.member ? memberName(r.member) : r.participant ? `${r.participant.display_name} (${r.participant.user_name})` : 'someone';
+      out.push(`${who}: ${r.flags.join('; ')}`);
+    }
+    for (const p of this.participants) {
+      if (p.id === this.you) continue;
+      const id = identities.get(p.id);
+      if (!id) continue;
+      const name = id.member ? memberName(id.member) : `${p.display_name} (${p.user_name}, as the server says)`;
+      if (keyed && id.stalled) out.push(`${name} sends, but nothing has decrypted for 2 seconds.`);
+      if (id.mismatch) out.push(`The media the server attributes to ${p.display_name} (${p.user_name}) is encrypted by ${memberName(id.member)}.`);
+    }
+    return out;
+  }
+
+  private tileData(p: Participant, isSelf: boolean, identity: TileIdentity, keyed: boolean): TileData {
     const m = this.media;
     if (isSelf) {
       return {
@@ -356,6 +484,8 @@ export class CallView {
         quality: m ? (m.state === 'connected' ? m.selfQuality : 'connecting') : 'connecting',
         active: m !== null && m.speaker === p.id,
         away: false,
+        identity,
+        keyed,
       };
     }
     return {
@@ -371,10 +501,13 @@ export class CallView {
       quality: m?.quality.get(p.id) ?? 'connecting',
       active: m !== null && m.speaker === p.id && !p.away,
       away: p.away,
+      identity,
+      keyed,
     };
   }
 
   dispose(): void {
+    window.clearInterval(this.ticker);
     for (const t of this.tiles.values()) t.dispose();
     this.tiles.clear();
     this.root.remove();

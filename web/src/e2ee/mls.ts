@@ -48,6 +48,7 @@ import {
   type RatchetTree,
 } from 'ts-mls';
 import { processProposal } from 'ts-mls/clientState.js';
+import { createGroupInfoWithRatchetTree } from 'ts-mls/createCommit.js';
 import { unprotectPublicMessage } from 'ts-mls/messageProtectionPublic.js';
 import { unprotectPrivateMessage } from 'ts-mls/messageProtection.js';
 import { defaultKeyPackageEqualityConfig, defaultLifetimeConfig, defaultPaddingConfig } from 'ts-mls';
@@ -280,6 +281,22 @@ interface PendingCommit {
   removed: number[];
 }
 
+/** An MLS signature key pair (Ed25519) of the profile suite. */
+export interface SignatureKeyPair {
+  signKey: Uint8Array;
+  publicKey: Uint8Array;
+}
+
+/**
+ * A fresh signature key pair, for asking the server's binding (`mls_bind`) before the member
+ * exists: the binding brings the server id and key the member's config needs.
+ */
+export async function generateSignatureKeyPair(): Promise<SignatureKeyPair> {
+  const cs = await getCiphersuiteImpl(getCiphersuiteFromName(MLS_SUITE));
+  const kp = await cs.signature.keygen();
+  return { signKey: kp.signKey, publicKey: kp.publicKey };
+}
+
 export class Member {
   private state: ClientState | null = null;
   private keyPkg: { public: KeyPackage; private: PrivateKeyPackage } | null = null;
@@ -316,10 +333,14 @@ export class Member {
     };
   }
 
-  /** A member with a fresh Ed25519 signature key pair (one per group generation). */
-  static async create(config: MemberConfig): Promise<Member> {
+  /**
+   * A member with a fresh Ed25519 signature key pair (one per group generation), or with the
+   * pair made by `generateSignatureKeyPair` before the server's binding (and so this config)
+   * was known.
+   */
+  static async create(config: MemberConfig, keys?: SignatureKeyPair): Promise<Member> {
     const cs = await getCiphersuiteImpl(getCiphersuiteFromName(MLS_SUITE));
-    const kp = await cs.signature.keygen();
+    const kp = keys ?? (await cs.signature.keygen());
     return new Member(config, cs, kp.signKey, kp.publicKey);
   }
 
@@ -468,6 +489,16 @@ export class Member {
     // createGroup would have made (ts-mls cannot parse the RFC encoding it would validate).
     this.state = { ...st, groupContext: { ...st.groupContext, extensions: [ext] } };
     this.keyPkg = null;
+  }
+
+  /**
+   * The GroupInfo (MLSMessage bytes, signed by us, with the ratchet tree) of the current epoch:
+   * the creator sends it (`mls_group_info`) so the delivery service can follow the group.
+   */
+  async groupInfo(): Promise<Uint8Array> {
+    const st = this.active();
+    const gi = await guarded(() => createGroupInfoWithRatchetTree(st.groupContext, st.confirmationTag, st, st.ratchetTree, [], this.cs));
+    return encodeMlsMessage({ version: 'mls10', wireformat: 'mls_group_info', groupInfo: gi });
   }
 
   /**

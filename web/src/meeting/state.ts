@@ -51,7 +51,15 @@ export type Effect =
   /** Show a security notice (a new device was enrolled). */
   | { kind: 'show_notice'; message: string }
   /** Media signaling for the call (call/media.ts); only meaningful while admitted. */
-  | { kind: 'media'; msg: MediaMsg };
+  | { kind: 'media'; msg: MediaMsg }
+  /** The MLS delivery service's messages, for the call's MLS worker (e2ee/session.ts); admitted only. */
+  | { kind: 'mls'; msg: MlsMsg };
+
+/** The server messages of the MLS delivery service. */
+export type MlsMsg = Extract<
+  ServerMsg,
+  { type: 'mls_binding' | 'mls_create' | 'mls_proposal' | 'mls_commit' | 'mls_welcome' | 'mls_rejected' | 'mls_app' }
+>;
 
 /** The server messages that belong to the media connection. */
 export type MediaMsg = Extract<ServerMsg, { type: 'media_offer' | 'media_answer' | 'media_tracks' }>;
@@ -134,9 +142,8 @@ export function handleServerMsg(v: MeetingView, msg: ServerMsg): Step {
     case 'mls_welcome':
     case 'mls_rejected':
     case 'mls_app':
-      // The browser does not join the MLS group yet (the E2EE issue is in progress); the
-      // delivery service only talks to clients that ask it (mls_bind).
-      return { view: v, effects: [] };
+      // The call's MLS worker asked for them (mls_bind); they mean nothing outside the call.
+      return { view: v, effects: v.phase === 'admitted' ? [{ kind: 'mls', msg }] : [] };
     case 'media_offer':
     case 'media_answer':
     case 'media_tracks':

@@ -8,6 +8,10 @@
 // grace, so the same device is admitted again directly and the call starts afresh.
 // The call screen (call/view.ts) lives outside the redrawn part: it exists while admitted and
 // updates its tiles in place, so video and audio keep playing across redraws.
+// End-to-end encryption (e2ee/session.ts) belongs to the call: the page relays the delivery
+// service's mls_* messages to the MLS worker and never holds a key; when the encryption cannot
+// be trusted (a member that does not verify at `restricted`, a commit our rules refuse, the
+// server's identity key changed) the page leaves the call at once and says why.
 
 import { pageHeading, type PageContext } from '../app';
 import { append, h, replaceChildren, uid, type Child } from '../dom';
@@ -15,6 +19,7 @@ import { kindLabel, levelDescription, levelLabel } from '../format';
 import type { ClientMsg, DeviceKind, LobbyEntry, Participant } from '../proto';
 import { CallMedia, type LocalState } from '../call/media';
 import { CallView } from '../call/view';
+import { E2eeSession } from '../e2ee/session';
 import { SignalingSocket } from '../meeting/socket';
 import {
   RECONNECT_LIMIT_MS,
@@ -27,6 +32,7 @@ import {
   reconnectDelayMs,
   type MediaMsg,
   type MeetingView,
+  type MlsMsg,
   type Phase,
 } from '../meeting/state';
 import { showError, showInfo } from '../status';
@@ -69,7 +75,9 @@ export function meetingPage(ctx: PageContext): void {
   append(ctx.main, h('section', { class: 'meeting', 'aria-labelledby': heading.id }, heading, stateLine, callRoot, body));
 
   /** The call of the current admission (null when not admitted). */
-  let call: { you: string; media: CallMedia | null; view: CallView; leaving: boolean } | null = null;
+  let call: { you: string; media: CallMedia | null; e2ee: E2eeSession | null; view: CallView; leaving: boolean } | null = null;
+  /** Why the page left the call on its own (encryption could not be trusted): shown after it. */
+  let securityExit: string | null = null;
   /**
    * Microphone and camera as they were when a call ended by a drop: the next call starts that
    * way, so a reconnect never turns on a microphone or camera that the user had turned off.
@@ -88,6 +96,7 @@ export function meetingPage(ctx: PageContext): void {
         else if (effect.kind === 'show_error') showError(`${effect.message} (${effect.code})`);
         else if (effect.kind === 'show_notice') showInfo(effect.message);
         else if (effect.kind === 'media') routeMedia(effect.msg);
+        else if (effect.kind === 'mls') routeMls(effect.msg);
       }
       draw();
     },
@@ -143,6 +152,24 @@ export function meetingPage(ctx: PageContext): void {
     else media.handleTracks(msg.tracks);
   }
 
+  function routeMls(msg: MlsMsg): void {
+    call?.e2ee?.handleServer(msg);
+  }
+
+  /**
+   * Fail closed (DESIGN §4 `restricted`, §7): the encryption cannot be trusted any more, so the
+   * call is left at once: nothing more is sent, the keys are dropped, and the page says why.
+   */
+  function leaveForSecurity(message: string): void {
+    if (!call || call.leaving) return;
+    securityExit = message;
+    showError(`You left the call: ${message}`);
+    call.media?.stopSending();
+    call.e2ee?.close();
+    leaveMeeting();
+    draw();
+  }
+
   /** Starts the call on admission, ends it on leaving; passes roster changes on. */
   function syncCall(): void {
     const you = view.phase === 'admitted' ? view.you : null;
@@ -162,15 +189,35 @@ export function meetingPage(ctx: PageContext): void {
           call?.view.showNotice(message);
         },
       };
+      const level = view.meeting?.level ?? 'restricted';
+      let e2ee: E2eeSession | null = null;
       try {
-        media = new CallMedia(you, view.meeting?.level ?? 'restricted', hooks, resumeLocal ?? undefined);
+        media = new CallMedia(you, level, hooks, resumeLocal ?? undefined);
         resumeLocal = null;
         if (window.__sealroom) window.__sealroom.dropSignaling = () => socket.drop();
+        const m = media;
+        // The MLS worker; its keys go straight to the transform worker (this page passes the port on).
+        e2ee = new E2eeSession(
+          meetingId,
+          level,
+          {
+            send: (msg) => socket.send(msg),
+            changed: () => call?.view.refresh(),
+            fatal: (_reason, message) => leaveForSecurity(message),
+            notice: (message) => call?.view.showNotice(message),
+          },
+          (port) => m.connectKeys(port),
+        );
       } catch (e) {
         startError = e instanceof Error ? e.message : String(e);
+        media?.close();
+        media = null;
+        e2ee = null;
       }
-      const callView = new CallView(media, startError, { leave: leaveMeeting });
-      call = { you, media, view: callView, leaving: false };
+      securityExit = null;
+      const callView = new CallView(media, startError, { leave: leaveMeeting }, e2ee, level);
+      if (window.__sealroom && media) window.__sealroom.e2ee = callView.debug();
+      call = { you, media, e2ee, view: callView, leaving: false };
       callRoot.replaceChildren(callView.root);
       if (media) {
         media.setParticipants(view.participants);
@@ -183,6 +230,7 @@ export function meetingPage(ctx: PageContext): void {
 
   function endCall(): void {
     if (!call) return;
+    call.e2ee?.close();
     call.media?.close();
     call.view.dispose();
     callRoot.replaceChildren();
@@ -437,7 +485,13 @@ export function meetingPage(ctx: PageContext): void {
           ),
         ];
       case 'left':
-        return [h('p', null, 'You left the meeting.'), h('div', { class: 'actions' }, retryButton('Rejoin'), backLink())];
+        return [
+          securityExit
+            ? h('div', { class: 'alert', role: 'alert', testid: 'security-exit' }, h('p', { class: 'alert-title' }, 'You left the call for your security'), h('p', null, securityExit))
+            : null,
+          h('p', null, 'You left the meeting.'),
+          h('div', { class: 'actions' }, retryButton('Rejoin'), backLink()),
+        ];
       case 'disconnected':
         return [
           h('p', { class: 'warning' }, 'Disconnected. You are no longer in the meeting.'),
