@@ -137,7 +137,7 @@ class Delivery {
   async accept(commit: Extract<MlsClientMsg, { type: 'mls_commit' }>, joining: Client[] = []): Promise<void> {
     const epoch = this.epoch;
     this.epoch += 1n;
-    for (const m of this.members) await m.give({ type: 'mls_commit', commit: commit.commit, epoch: Number(epoch) as unknown as bigint });
+    for (const m of this.members) await m.give({ type: 'mls_commit', commit: commit.commit, epoch: Number(epoch) });
     for (const j of joining) {
       assert.ok(commit.welcome, 'a commit with Adds comes with a Welcome');
       await j.give({ type: 'mls_welcome', welcome: commit.welcome });

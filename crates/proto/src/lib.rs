@@ -647,6 +647,7 @@ pub enum ServerMsg {
     /// (the committer merges its own commit only on this echo).
     MlsCommit {
         commit: String,
+        #[ts(type = "number")]
         epoch: u64,
     },
     /// Your Welcome into the group (base64 MLS message).
