@@ -1,13 +1,14 @@
 // Browsers and a native client in one call: the native client (str0m, software device,
 // synthetic Opus + VP8) receives both browsers, and both browsers decode the native client's
-// video and audio. Same admission path, same SFU.
+// video and audio. Same admission path, same SFU, one MLS group: ts-mls in the browsers and
+// openmls in the native client agree on epoch, security code and exporter.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { BIN, cli, cliLink, enrol, launchBrowser, log, meetingState, newUser, spawnTracked, startServer, tempDir, tid, withResources } from './lib.js';
-import { assertDecodesAll, waitUntil } from './call-lib.js';
+import { assertDecodesAll, waitForAgreement, waitUntil } from './call-lib.js';
 
 const TIMEOUT_MS = 180_000;
 
@@ -55,6 +56,10 @@ test('a native client and two browsers each receive the others', { timeout: TIME
       await new Promise((r) => setTimeout(r, 2000));
       await assertDecodesAll('admin', A.page, { bob: ids.bob, bot: ids.bot });
       await assertDecodesAll('bob', B.page, { admin: ids.admin, bot: ids.bot });
+      // One three-member group: both browsers agree; the native client's record of the same
+      // epoch (in its report) must carry the same security code and exporter value.
+      const agreed = await waitForAgreement('browsers with the bot', [A.page, B.page], 3);
+      log(`browsers: epoch ${agreed.epoch}, code ${agreed.code}, exporter check ${agreed.check}`);
 
       // The native client's report: frames from both browsers, per source.
       const { code } = await child.exited;
@@ -63,6 +68,12 @@ test('a native client and two browsers each receive the others', { timeout: TIME
       assert.ok(reportLine, `no media report in: ${out}`);
       const report = JSON.parse(reportLine).media;
       log(`native client report: ${JSON.stringify(report).slice(0, 600)}`);
+      const native = report.e2ee.epochs.find((e) => e.epoch === agreed.epoch);
+      assert.ok(native, `the native client never reached epoch ${agreed.epoch}: ${JSON.stringify(report.e2ee.epochs)}`);
+      assert.equal(native.security_code, agreed.code, 'openmls and ts-mls security codes differ');
+      assert.equal(native.check_value, agreed.check, 'openmls and ts-mls exporters differ');
+      assert.ok(report.e2ee.members.every((m) => m.verified), `unverified member: ${JSON.stringify(report.e2ee.members)}`);
+      assert.equal(report.e2ee.dropped.auth_failed, 0);
       for (const [name, id] of [['admin', ids.admin], ['bob', ids.bob]]) {
         const r = report.remote.find((x) => x.participant_id === id);
         assert.ok(r, `native client received nothing from ${name}: ${reportLine}`);

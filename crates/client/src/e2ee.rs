@@ -129,6 +129,9 @@ pub struct EpochChange {
     pub epoch: u64,
     pub at: Instant,
     pub security_code: String,
+    /// Hex of `MLS-Exporter("sealroom test", "", 16)`: the same value the web client shows as
+    /// its check value, so tests compare exporters across implementations.
+    pub check_value: String,
     pub members: usize,
     /// Leaves added and removed by the commit (empty for create/join).
     pub added: Vec<u32>,
@@ -583,10 +586,16 @@ impl Session {
         let (Some(epoch), Ok(code)) = (self.member.epoch(), self.member.security_code()) else {
             return;
         };
+        let check_value = self
+            .member
+            .export_secret("sealroom test", &[], 16)
+            .map(hex::encode)
+            .unwrap_or_default();
         self.epochs.push(EpochChange {
             epoch,
             at: now,
             security_code: code,
+            check_value,
             members: self.roster.len(),
             added,
             removed,

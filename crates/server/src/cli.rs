@@ -809,6 +809,10 @@ fn e2ee_report(e: &sealroom_client::e2ee::E2eeStats) -> serde_json::Value {
         })).collect::<Vec<_>>(),
         "unannounced_members": e.unannounced_members.iter().map(|m| m.leaf).collect::<Vec<_>>(),
         "participants_without_leaf": e.participants_without_leaf,
+        "epochs": e.epochs.iter().map(|c| json!({
+            "epoch": c.epoch, "security_code": c.security_code, "check_value": c.check_value,
+            "members": c.members,
+        })).collect::<Vec<_>>(),
         "frames_decrypted": e.frames_decrypted,
         "frames_encrypted": e.frames_encrypted,
         "dropped": {
