@@ -92,10 +92,12 @@ export async function outbound(page) {
  * Server, one browser, the admin (first admin, enrolled from the printed link) and `others`
  * (users added and enrolled from CLI links), and a meeting of `level` hosted by admin that
  * invites them (with a lobby when `lobby`). Checks first that the server's CSP lets the client
- * start its transform worker. `config` is the server's TOML configuration.
+ * start its transform worker. `config` is the server's TOML configuration, `env` extra server
+ * environment; with `approve`, every enrolled device (admin's too) is approved for `restricted`
+ * meetings (`sealroom device approve`; the virtual authenticator's passkeys are device-bound).
  */
-export async function setupCall(res, others, level = 'open', { lobby = false, config } = {}) {
-  const server = await startServer(res, { config });
+export async function setupCall(res, others, level = 'open', { lobby = false, config, env, approve = false } = {}) {
+  const server = await startServer(res, { config, env });
   const { origin, dataDir } = server;
 
   // The client starts its frame-transform worker through a Trusted Types policy; the CSP must
@@ -120,6 +122,9 @@ export async function setupCall(res, others, level = 'open', { lobby = false, co
     const added = await cli(dataDir, ['user', 'add', name, '--role', 'member', '--display-name', display]);
     users[name] = await newCallUser(name);
     await enrol(users[name], cliLink(server, added.enrolment_url), { expectName: display, deviceName: `${display}'s laptop` });
+  }
+  if (approve) {
+    for (const u of Object.values(users)) await cli(dataDir, ['device', 'approve', u.me.device_id]);
   }
   const meeting = await cli(dataDir, ['meeting', 'create', '--title', 'Design review', '--level', level, '--invite', others.join(','), '--host', 'admin', ...(lobby ? ['--lobby'] : [])]);
   return { server, users, meeting, meetingUrl: `${origin}/m/${meeting.id}` };

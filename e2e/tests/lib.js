@@ -165,7 +165,8 @@ export function spawnTracked(res, cmd, args, opts = {}) {
 /**
  * Starts `sealroom serve` on a fresh data dir (or `opts.dataDir`), port 0 on loopback unless
  * `opts.args` says otherwise. `opts.config` is written as `sealroom.toml`. `opts.wrap` prefixes
- * the command (e.g. `['ip', 'netns', 'exec', 'sr-srv']`).
+ * the command (e.g. `['ip', 'netns', 'exec', 'sr-srv']`). `opts.env` adds environment variables
+ * (e.g. the debug-build test hook `SEALROOM_TEST_GHOSTS`).
  */
 export async function startServer(res, opts = {}) {
   if (!fs.existsSync(BIN)) throw new Error(`no server binary at ${BIN}: cargo build -p sealroom-server --bin sealroom`);
@@ -174,7 +175,7 @@ export async function startServer(res, opts = {}) {
   const args = ['serve', '--data-dir', dataDir, ...(opts.args ?? ['--listen', '127.0.0.1:0'])];
   const [cmd, ...pre] = opts.wrap ? [...opts.wrap, BIN] : [BIN];
   const child = spawnTracked(res, cmd, [...pre, ...args], {
-    env: { ...process.env, SEALROOM_LOG: process.env.SEALROOM_LOG ?? 'sealroom=info,warn' },
+    env: { ...process.env, SEALROOM_LOG: process.env.SEALROOM_LOG ?? 'sealroom=info,warn', ...(opts.env ?? {}) },
   });
   let stdout = '';
   let stderr = '';

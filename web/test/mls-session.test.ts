@@ -1,8 +1,9 @@
 // The MLS worker's session (e2ee/mls-session.ts) against a small delivery service built on the
 // test server: binding checks, creating and joining, who commits when (designated at once, the
 // others after the backoff), the echo rule, refused commits, chat held while proposals are
-// pending, removal, fail-closed at `restricted`, the 10-minute update, and that every epoch's key
-// goes to the transform worker (and only there) while the page gets code and check value.
+// pending, removal, fail-closed at `restricted` (an unverified member, a member the server never
+// announced), the 10-minute update, and that every epoch's key goes to the transform worker (and
+// only there) while the page gets code and check value.
 
 import assert from 'node:assert/strict';
 import { beforeEach, describe, test } from 'node:test';
@@ -369,6 +370,50 @@ describe('MlsSession', () => {
     assert.equal(a.status.failure?.reason, 'unverified-member');
     assert.deepEqual(a.lastKey, { type: 'clear' });
     assert.equal(a.sent().filter((x) => x.type === 'mls_commit').length, 0, 'nothing committed');
+  });
+
+  test('restricted: a member the server never announced gets no key; every member leaves on the epoch that adds it', async () => {
+    const ds = new Delivery(server, 'restricted');
+    const a = new Client('a', person('alice'), server, 'restricted');
+    const b = new Client('b', person('bob'), server, 'restricted');
+    const listed = (...names: string[]): [string, string][] => names.map((n) => [n, `d-${n}`]);
+    await a.session.participants(listed('alice'));
+    await ds.create(a);
+    await a.session.participants(listed('alice', 'bob'));
+    await b.session.participants(listed('alice', 'bob'));
+    const kpB = await ds.bind(b);
+    await ds.proposeAdd(kpB);
+    await ds.accept(onlyCommit(a), [b]);
+    assert.equal(a.status.phase, 'member', JSON.stringify(a.status.failure));
+    assert.equal(b.status.phase, 'member', JSON.stringify(b.status.failure));
+    const keysBefore = [a.keys.length, b.keys.length];
+
+    // The server adds eve and never lists her.
+    const e = new Client('e', person('eve'), server, 'restricted');
+    const kpE = await ds.bind(e);
+    await ds.proposeAdd(kpE);
+    await ds.accept(onlyCommit(a), [e]);
+    for (const x of [a, b]) {
+      assert.equal(x.status.phase, 'failed', x.name);
+      assert.equal(x.status.failure?.reason, 'unannounced-member');
+      assert.match(x.status.failure?.message ?? '', /^Eve \(eve\) on .+ \(leaf 2\) holds the call's keys, but the server never announced it as a participant/);
+      // Not a single key of the epoch with eve reached the transform worker: only `clear`.
+      assert.deepEqual(x.keys.slice(x === a ? keysBefore[0] : keysBefore[1]), [{ type: 'clear' }], x.name);
+    }
+
+    // The same Add with eve announced (an honest server) is an ordinary join.
+    const s2 = await TestServer.create('http://localhost:8443', 'm-2');
+    const ds2 = new Delivery(s2, 'restricted');
+    const a2 = new Client('a2', person('alice'), s2, 'restricted');
+    await ds2.create(a2);
+    await a2.session.participants(listed('alice', 'eve'));
+    const e2 = new Client('e2', person('eve'), s2, 'restricted');
+    await e2.session.participants(listed('alice', 'eve'));
+    await ds2.proposeAdd(await ds2.bind(e2));
+    await ds2.accept(onlyCommit(a2), [e2]);
+    assert.equal(a2.status.phase, 'member');
+    assert.equal(e2.status.phase, 'member');
+    assert.equal(a2.lastKey?.type, 'epoch');
   });
 
   test('withheld keys (test switch): the group works, the transform worker gets nothing', async () => {

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import type { Participant } from '../src/proto';
 import type { MidStats, RosterMember } from '../src/e2ee/protocol';
-import { NO_KEYS_AFTER_MS, joinRoster, tileIdentity } from '../src/e2ee/roster';
+import { AnnouncementWatch, DEPARTED_GRACE_MS, NO_KEYS_AFTER_MS, joinRoster, tileIdentity } from '../src/e2ee/roster';
 
 const member = (leaf: number, username: string, deviceId: string, extra: Partial<RosterMember> = {}): RosterMember => ({
   leaf,
@@ -79,6 +79,47 @@ describe('joinRoster', () => {
   test('two leaves for one device are flagged', () => {
     const rows = joinRoster([member(0, 'alice', 'd-a'), member(3, 'alice', 'd-a')], ps.slice(0, 1), null, new Map(), 0, true);
     assert.deepEqual(rows[1]?.flags, ['a second leaf for the same device']);
+  });
+});
+
+describe('AnnouncementWatch (restricted: an unannounced member ends our participation)', () => {
+  const alice = participant('p-a', 'alice', 'd-a');
+  const bob = participant('p-b', 'bob', 'd-b');
+  const me = member(0, 'alice', 'd-a', { self: true });
+  const rows = (members: RosterMember[], list: Participant[]) => joinRoster(members, list, 'p-a', new Map(), 0, true);
+
+  test('a member the server never announced is judged at once, with its identity', () => {
+    const w = new AnnouncementWatch();
+    w.saw([alice, bob]);
+    assert.equal(w.check(rows([me, member(1, 'bob', 'd-b')], [alice, bob]), 0), null);
+    const v = w.check(rows([me, member(1, 'bob', 'd-b'), member(2, 'eve', 'd-e')], [alice, bob]), 10);
+    assert.equal(v?.row.member?.username, 'eve');
+    assert.equal(v?.row.member?.deviceId, 'd-e');
+    assert.equal(v?.neverAnnounced, true);
+  });
+
+  test('a member that left the list (its Remove on the way) gets DEPARTED_GRACE_MS', () => {
+    const w = new AnnouncementWatch();
+    w.saw([alice, bob]);
+    w.saw([alice]);
+    const members = [me, member(1, 'bob', 'd-b')];
+    assert.equal(w.check(rows(members, [alice]), 1000), null);
+    assert.equal(w.check(rows(members, [alice]), 1000 + DEPARTED_GRACE_MS - 1), null);
+    const v = w.check(rows(members, [alice]), 1000 + DEPARTED_GRACE_MS);
+    assert.equal(v?.row.member?.username, 'bob');
+    assert.equal(v?.neverAnnounced, false);
+    // Removed, then back with a new leaf while announced: nothing to judge, the clock restarts.
+    const w2 = new AnnouncementWatch();
+    w2.saw([alice, bob]);
+    assert.equal(w2.check(rows(members, [alice]), 0), null);
+    assert.equal(w2.check(rows([me], [alice]), 5000), null);
+    assert.equal(w2.check(rows([me, member(1, 'bob', 'd-b')], [alice]), 6000), null, 'a new departure starts its own grace');
+  });
+
+  test('our own leaf, announced members and a second leaf of an announced device are never judged', () => {
+    const w = new AnnouncementWatch();
+    w.saw([bob]);
+    assert.equal(w.check(rows([me, member(1, 'bob', 'd-b'), member(4, 'bob', 'd-b')], [bob]), 0), null);
   });
 });
 

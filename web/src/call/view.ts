@@ -10,8 +10,9 @@
 import { h, uid } from '../dom';
 import { kindLabel } from '../format';
 import type { Level, Participant, Source } from '../proto';
-import { joinRoster, tileIdentity, type RosterRow, type TileIdentity } from '../e2ee/roster';
+import { AnnouncementWatch, joinRoster, tileIdentity, unannouncedMessage, type RosterRow, type TileIdentity } from '../e2ee/roster';
 import { initialStatus, type E2eeSession } from '../e2ee/session';
+import { emptyCounts } from '../e2ee/transforms';
 import type { CallMedia, ConnectionState, E2eeDebug } from './media';
 import type { Quality } from './quality';
 import { SecurityPanel, deviceKindText, memberName } from './security';
@@ -254,6 +255,9 @@ export class CallView {
   private readonly firstSeen = new Map<string, number>();
   private readonly security: SecurityPanel;
   private readonly ticker: number;
+  /** `restricted`: MLS members the server does not announce end our participation. */
+  private readonly announcements = new AnnouncementWatch();
+  private unannouncedFailed = false;
   /** The last joined roster and warnings (also for tests). */
   rows: RosterRow[] = [];
   warnings: string[] = [];
@@ -263,7 +267,7 @@ export class CallView {
     startError: string | null,
     actions: CallActions,
     private readonly e2ee: E2eeSession | null = null,
-    level: Level = 'restricted',
+    private readonly level: Level = 'restricted',
   ) {
     this.security = new SecurityPanel(e2ee, level);
     // Time-based flags ("no keys" after 5 s) need a redraw without any event.
@@ -327,6 +331,8 @@ export class CallView {
   setRoster(you: string, participants: Participant[]): void {
     this.you = you;
     this.participants = participants;
+    this.announcements.saw(participants);
+    this.e2ee?.announce(participants);
     const ids = new Set(participants.map((p) => p.id));
     for (const id of [...this.firstSeen.keys()]) if (!ids.has(id)) this.firstSeen.delete(id);
     this.refresh();
@@ -352,7 +358,7 @@ export class CallView {
         return self.rows.map((r) => ({ state: r.state, self: r.self, flags: r.flags, leaf: r.member?.leaf ?? null, username: r.member?.username ?? r.participant?.user_name ?? null, deviceId: r.member?.deviceId ?? r.participant?.device_id ?? null, participant: r.participant?.id ?? null }));
       },
       get sframe() {
-        return self.media?.sframe ?? { keyEpoch: null, encrypted: {}, sendDropped: 0, byLeaf: {}, unattributed: {}, byMid: {}, heldEarly: 0, recentDrops: [] };
+        return self.media?.sframe ?? emptyCounts().sframe;
       },
       get chat() {
         return (self.e2ee?.chat ?? []).map((c) => ({ ...c }));
@@ -412,6 +418,7 @@ export class CallView {
       else if (!this.firstSeen.has(r.participant.id)) this.firstSeen.set(r.participant.id, now);
     }
     this.rows = joinRoster(members, this.participants, this.you || null, this.firstSeen, now, keyed);
+    if (keyed && this.level === 'restricted') this.checkAnnounced(now);
     const identities = new Map<string, TileIdentity>();
     for (const p of this.participants) {
       if (p.id === this.you) {
@@ -447,6 +454,23 @@ export class CallView {
       previous = tile.root;
       tile.render(this.tileData(p, isSelf, identities.get(p.id) ?? { leaf: null, member: null, mismatch: false, stalled: false }, keyed));
     }
+  }
+
+  /**
+   * DESIGN §4 `restricted`, T4: a member in our MLS group that the server does not announce (a
+   * ghost) ends our participation, as an unverified one does. Outside this redraw: failing
+   * redraws the page (and may end this view).
+   */
+  private checkAnnounced(now: number): void {
+    if (this.unannouncedFailed || !this.e2ee) return;
+    const v = this.announcements.check(this.rows, now);
+    if (!v) return;
+    this.unannouncedFailed = true;
+    const m = v.row.member;
+    if (!m) return;
+    const message = unannouncedMessage(m, v.neverAnnounced);
+    const session = this.e2ee;
+    queueMicrotask(() => session.failClosed('unannounced-member', message));
   }
 
   private computeWarnings(failure: string | null, keyed: boolean, identities: Map<string, TileIdentity>): string[] {

@@ -10,6 +10,7 @@
 
 import type { Level } from '../proto';
 import { verifyBinding } from './credential';
+import { matchKey, unannouncedMessage } from './roster';
 import { CHAT_MAX_CHARS, Member, MlsRejected, generateSignatureKeyPair, type SignatureKeyPair } from './mls';
 import type { KeyMessage, MlsClientMsg, MlsReport, MlsServerMsg, MlsStatus, RosterMember } from './protocol';
 
@@ -90,6 +91,8 @@ export class MlsSession {
   private cancelCommitTimer: (() => void) | null = null;
   private cancelUpdateTimer: (() => void) | null = null;
   private held: { id: number; text: string }[] = [];
+  /** Every (user name, device id) the server's participant lists have named (roster.ts matchKey). */
+  private readonly announced = new Set<string>();
   private readonly status: MlsStatus;
 
   constructor(
@@ -200,6 +203,16 @@ export class MlsSession {
           return this.onRejected(msg.reason);
         case 'mls_app':
           return this.onApp(unb64(msg.message));
+      }
+    });
+  }
+
+  /** A participant list from the server: every (user name, device id) it ever announced counts. */
+  participants(devices: readonly [string, string][]): Promise<void> {
+    return this.run(async () => {
+      for (const [user, device] of devices) {
+        const k = matchKey(user, device);
+        if (k !== null) this.announced.add(k);
       }
     });
   }
@@ -424,6 +437,12 @@ export class MlsSession {
     if (this.config.level === 'restricted') {
       const bad = members.find((x) => !x.verified);
       if (bad) throw new Fatal('unverified-member', `Member at leaf ${bad.leaf} has a credential that does not verify (${bad.failure ?? 'unknown'}).`);
+      // DESIGN T4 at `restricted`: a member the server never announced (a ghost) gets no key of
+      // ours. An honest server announces an admission before it proposes the Add, and the page
+      // relays the lists in socket order, so a real member is always announced by now. (One
+      // the server stops listing later is the page's to judge, after a grace: roster.ts.)
+      const ghost = members.find((x) => !x.self && !this.announced.has(matchKey(x.username, x.deviceId) ?? ''));
+      if (ghost) throw new Fatal('unannounced-member', unannouncedMessage(ghost, true));
     }
     const epoch = m.epoch;
     const groupId = new TextDecoder().decode(m.groupId);

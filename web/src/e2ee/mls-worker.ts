@@ -42,6 +42,9 @@ scope.addEventListener('message', (ev) => {
     case 'server':
       void session?.handleServer(cmd.msg);
       return;
+    case 'participants':
+      void session?.participants(cmd.devices);
+      return;
     case 'chat':
       void session?.chat(cmd.id, cmd.text);
       return;

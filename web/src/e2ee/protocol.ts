@@ -51,6 +51,12 @@ export type MlsCommand =
       withholdKeys: boolean;
     }
   | { type: 'server'; msg: MlsServerMsg }
+  /**
+   * The server's latest participant list, as (user name, device id) pairs, relayed in socket
+   * order with the `mls_*` messages: at `restricted` a member the server never announced gets no
+   * key (docs/E2EE.md §8).
+   */
+  | { type: 'participants'; devices: [string, string][] }
   | { type: 'chat'; id: number; text: string }
   /** Leave the group's keys behind (the call ends): the transform worker forgets them. */
   | { type: 'stop' };
@@ -131,6 +137,8 @@ export interface LeafStats {
   failed: Partial<Record<DropReason, number>>;
   /** Sources (from the KID's context id) seen decrypting. */
   sources: Source[];
+  /** When the first frame of this leaf decrypted (Date.now(); null: none yet), for benchmarks. */
+  firstDecryptedAt: number | null;
 }
 
 /** Per receiving transceiver (mid). */
@@ -149,6 +157,30 @@ export interface MidStats {
   sinceDecryptedMs: number | null;
 }
 
+/** Time the transform worker spent on frames: sums of performance.now() deltas. */
+export interface FrameTiming {
+  frames: number;
+  /** Milliseconds, summed over `frames`. */
+  totalMs: number;
+  /** Frame bytes in (before the transform), summed over `frames`. */
+  bytes: number;
+}
+
+/**
+ * The cost of SFrame in the transform worker, per frame that went through (benchmarks read it):
+ * `encrypt` and `decrypt` from the frame as delivered to the frame ready to pass on (reading and
+ * replacing its data, header, WebCrypto AES-GCM with its await, bookkeeping; an early frame's
+ * wait for its epoch's key is not counted); `copy` is the identity baseline measured the same way
+ * on a sample of the same frames (every 8th, both sides): reading the frame's data and copying
+ * it, what a transform without crypto would do at least. Per media kind (Opus frames are a few
+ * hundred bytes, VP8 frames kilobytes).
+ */
+export interface SframeTiming {
+  encrypt: FrameTiming;
+  decrypt: FrameTiming;
+  copy: FrameTiming;
+}
+
 export interface SframeStats {
   /** The epoch the transform worker holds keys for (null: none). */
   keyEpoch: number | null;
@@ -165,6 +197,7 @@ export interface SframeStats {
   heldEarly: number;
   /** The last few dropped incoming frames, for diagnosis (no content, only where and why). */
   recentDrops: { mid: string; reason: DropReason; leaf: number | null; epochLow: number | null; context: number | null; ctr: string | null; keyFrame: boolean | null; at: number }[];
+  timing: Record<'audio' | 'video', SframeTiming>;
 }
 
 /** Counts per side, and per `send:<source>` / `receive:<mid>`. */

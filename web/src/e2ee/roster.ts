@@ -31,8 +31,16 @@ export interface RosterRow {
   flags: string[];
 }
 
-function matchKey(username: string | null, deviceId: string | null): string | null {
+/** The key members and participants are matched by: (user name, device id). */
+export function matchKey(username: string | null, deviceId: string | null): string | null {
   return username === null || deviceId === null ? null : JSON.stringify([username, deviceId]);
+}
+
+/** Why we leave at `restricted` over a member the server does not announce (shown to the user). */
+export function unannouncedMessage(m: RosterMember, neverAnnounced: boolean): string {
+  const name = `${m.displayName ?? 'unreadable credential'}${m.username ? ` (${m.username})` : ''}`;
+  const why = neverAnnounced ? 'the server never announced it as a participant' : 'the server stopped listing it as a participant but it is still in the group';
+  return `${name} on ${m.deviceName ?? 'an unknown device'} (leaf ${m.leaf}) holds the call's keys, but ${why}: someone may be listening unseen.`;
 }
 
 /**
@@ -119,4 +127,62 @@ export function tileIdentity(p: Participant, mids: readonly string[], byMid: Rea
   const member = leaf === null ? null : (members.find((m) => m.leaf === leaf) ?? null);
   if (leaf !== null && (member === null || member.username !== p.user_name || member.deviceId !== p.device_id)) mismatch = true;
   return { leaf, member, mismatch, stalled };
+}
+
+/**
+ * At `restricted`, how long a member the server did announce may stay in the group after it
+ * left the server's list: its Remove is on the way (the committer commits at once, the others
+ * after at most 3 s). A member the server never announced gets no such grace.
+ */
+export const DEPARTED_GRACE_MS = 10_000;
+
+/** Why a member ends our participation at `restricted` (DESIGN §4, T4). */
+export interface UnannouncedVerdict {
+  row: RosterRow;
+  /** The server never listed this (user, device) during this call (else: it left the list long ago). */
+  neverAnnounced: boolean;
+}
+
+/**
+ * Watches the server's participant list against our MLS members for the `restricted` rule "a
+ * server that adds a member without announcing it makes the clients leave" (the page's side:
+ * the MLS worker applies the first half already, before it hands out the epoch's key). A member without a
+ * participant is judged at once when the server never announced its (user, device) during this
+ * call: the server announces an admission before it proposes the Add, and both go over one
+ * ordered socket, so an honest server never lets such a member reach us first. A member the
+ * server announced and later dropped is leaving (its Remove is on the way): it is judged only
+ * after DEPARTED_GRACE_MS. Our own leaf is never judged (the server not listing us hides nothing
+ * from us).
+ */
+export class AnnouncementWatch {
+  private readonly announced = new Set<string>();
+  /** (leaf, user, device) → since when it has been without a participant (same clock as `now`). */
+  private readonly since = new Map<string, number>();
+
+  /** Every participant list the server sends (the first one comes with our admission). */
+  saw(participants: readonly Participant[]): void {
+    for (const p of participants) {
+      const k = matchKey(p.user_name, p.device_id);
+      if (k !== null) this.announced.add(k);
+    }
+  }
+
+  /** The first member that must end our participation, or null. */
+  check(rows: readonly RosterRow[], now: number): UnannouncedVerdict | null {
+    const current = new Set<string>();
+    let verdict: UnannouncedVerdict | null = null;
+    for (const r of rows) {
+      const m = r.member;
+      if (!m || r.self || r.participant !== null) continue;
+      const k = matchKey(m.username, m.deviceId);
+      const at = `${m.leaf}:${k ?? '?'}`;
+      current.add(at);
+      const since = this.since.get(at) ?? now;
+      this.since.set(at, since);
+      const neverAnnounced = k === null || !this.announced.has(k);
+      if (verdict === null && (neverAnnounced || now - since >= DEPARTED_GRACE_MS)) verdict = { row: r, neverAnnounced };
+    }
+    for (const at of [...this.since.keys()]) if (!current.has(at)) this.since.delete(at);
+    return verdict;
+  }
 }

@@ -4,7 +4,7 @@
 // port on), pins the server's identity key per origin on first use (docs/E2EE.md §2), and keeps
 // what the call screen shows: status (epoch, security code, roster) and chat.
 
-import type { ClientMsg, Level } from '../proto';
+import type { ClientMsg, Level, Participant } from '../proto';
 import { CHAT_MAX_CHARS } from './mls';
 import type { MlsCommand, MlsReport, MlsServerMsg, MlsStatus } from './protocol';
 import workerUrl from './mls-worker.ts?worker&url';
@@ -72,6 +72,7 @@ export class E2eeSession {
   private nextChat = 1;
   private stopped = false;
   private fatalSent = false;
+  private announcedKey = '';
 
   /**
    * Starts the MLS worker; `keysPort` receives the other end of the key channel (give it to the
@@ -103,6 +104,19 @@ export class E2eeSession {
     if (this.stopped) return;
     if (msg.type === 'mls_binding' && !this.checkPin(msg.identity_key)) return;
     this.post({ type: 'server', msg });
+  }
+
+  /**
+   * The server's participant list (every one it sends, in socket order): the MLS worker hands
+   * out no key at `restricted` while a member the server never announced is in the group.
+   */
+  announce(participants: readonly Participant[]): void {
+    if (this.stopped) return;
+    const devices = participants.map((p): [string, string] => [p.user_name, p.device_id]);
+    const key = JSON.stringify(devices);
+    if (key === this.announcedKey) return;
+    this.announcedKey = key;
+    this.post({ type: 'participants', devices });
   }
 
   /** Sends a chat message (held by the worker while proposals are pending). */
@@ -150,6 +164,15 @@ export class E2eeSession {
       return false;
     }
     return true;
+  }
+
+  /**
+   * Fail closed from the page's side (a rule that needs the server's participant list: an MLS
+   * member the server does not announce, at `restricted`): the keys go, the call is left.
+   */
+  failClosed(reason: string, message: string): void {
+    if (this.stopped || this.status.phase === 'failed') return;
+    this.fail(reason, message);
   }
 
   private fail(reason: string, message: string): void {

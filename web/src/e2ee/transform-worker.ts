@@ -18,7 +18,7 @@
 // can prove every frame went through here.
 
 import type { Source } from '../proto';
-import type { FrameCounts, KeyMessage, LeafStats, MidStats, TransformCommand, WorkerReport } from './protocol';
+import type { FrameCounts, FrameTiming, KeyMessage, LeafStats, MidStats, SframeTiming, TransformCommand, WorkerReport } from './protocol';
 import { SframeReceiver, SframeSender, clearByteCount, decodeHeader, splitKid, type Codec, type DropReason } from './sframe';
 
 /** Options of one RTCRtpScriptTransform (see e2ee/transforms.ts). */
@@ -66,12 +66,27 @@ let keyGroup: string | null = null;
 let keyEpoch: bigint | null = null;
 let epochWaiters: (() => void)[] = [];
 
+function zeroTimings(): SframeTiming {
+  const zero = (): FrameTiming => ({ frames: 0, totalMs: 0, bytes: 0 });
+  return { encrypt: zero(), decrypt: zero(), copy: zero() };
+}
+
+function addTiming(t: FrameTiming, ms: number, bytes: number): void {
+  t.frames += 1;
+  t.totalMs += ms;
+  t.bytes += bytes;
+}
+
+/** The identity baseline (SframeTiming.copy) is measured on every COPY_SAMPLE-th frame. */
+const COPY_SAMPLE = 8;
+let copyTick = 0;
+
 const counts: FrameCounts = {
   send: 0,
   receive: 0,
   dropped: 0,
   byTransceiver: {},
-  sframe: { keyEpoch: null, encrypted: {}, sendDropped: 0, byLeaf: {}, unattributed: {}, byMid: {}, heldEarly: 0, recentDrops: [] },
+  sframe: { keyEpoch: null, encrypted: {}, sendDropped: 0, byLeaf: {}, unattributed: {}, byMid: {}, heldEarly: 0, recentDrops: [], timing: { audio: zeroTimings(), video: zeroTimings() } },
 };
 let dirty = false;
 
@@ -142,7 +157,7 @@ function leafStats(leaf: number): LeafStats {
   const key = String(leaf);
   let s = counts.sframe.byLeaf[key];
   if (!s) {
-    s = { decrypted: 0, failed: {}, sources: [] };
+    s = { decrypted: 0, failed: {}, sources: [], firstDecryptedAt: null };
     counts.sframe.byLeaf[key] = s;
   }
   return s;
@@ -180,26 +195,31 @@ function waitForEpoch(ms: number): Promise<boolean> {
 }
 
 async function protect(frame: EncodedFrame, opts: TransformOptions): Promise<EncodedFrame | null> {
+  const t0 = performance.now();
   const codec = codecOf(frame, opts.kind);
   const source = opts.source;
   if (codec === null || source === null) {
     counts.sframe.sendDropped += 1;
     return null;
   }
-  const out = await sender.protect(source, codec, new Uint8Array(frame.data));
+  const data = new Uint8Array(frame.data);
+  const out = await sender.protect(source, codec, data);
   if (out === null) {
     counts.sframe.sendDropped += 1;
     return null;
   }
   frame.data = out.buffer;
   counts.sframe.encrypted[source] = (counts.sframe.encrypted[source] ?? 0) + 1;
+  addTiming(counts.sframe.timing[opts.kind].encrypt, performance.now() - t0, data.byteLength);
   return frame;
 }
 
 async function unprotect(frame: EncodedFrame, opts: TransformOptions): Promise<EncodedFrame | null> {
   const mid = opts.mid ?? '?';
-  const ms = midStats(mid);
   const now = performance.now();
+  const ms = midStats(mid);
+  /** Time spent waiting for the next epoch's key (not work: left out of the timing). */
+  let heldMs = 0;
   let times = midTimes.get(mid);
   if (!times) {
     times = { lastReceivedAt: now, lastDecryptedAt: null, failingSince: null };
@@ -238,20 +258,25 @@ async function unprotect(frame: EncodedFrame, opts: TransformOptions): Promise<E
     // claiming so: a key that does not come within 300 ms is not waited for again).
     counts.sframe.heldEarly += 1;
     const next = keyEpoch + 1n;
+    const h0 = performance.now();
     if (!(await waitForEpoch(EARLY_HOLD_MS))) earlyGaveUp = next;
+    heldMs = performance.now() - h0;
   }
   const r = await receiver.unprotect(codec, wire, performance.now());
   if (!r.ok) return fail(r.reason, parts?.leafIndex ?? null);
   const ls = leafStats(r.leafIndex);
   ls.decrypted += 1;
+  ls.firstDecryptedAt ??= Date.now();
   if (!ls.sources.includes(r.source)) ls.sources.push(r.source);
   ms.decrypted += 1;
   ms.leaf = r.leafIndex;
   ms.source = r.source;
   ms.epoch = Number(r.epoch);
-  times.lastDecryptedAt = performance.now();
   times.failingSince = null;
   frame.data = r.frame.buffer;
+  const done = performance.now();
+  times.lastDecryptedAt = done;
+  addTiming(counts.sframe.timing[opts.kind].decrypt, done - now - heldMs, wire.byteLength);
   return frame;
 }
 
@@ -273,6 +298,12 @@ scope.addEventListener('rtctransform', (ev) => {
   const stream = new TransformStream<EncodedFrame, EncodedFrame>({
     async transform(frame, controller) {
       let out: EncodedFrame | null = null;
+      if (opts !== null && ++copyTick % COPY_SAMPLE === 0) {
+        // The identity baseline: what passing this frame on with a copy of its bytes costs.
+        const c0 = performance.now();
+        const copy = new Uint8Array(frame.data).slice();
+        addTiming(counts.sframe.timing[opts.kind].copy, performance.now() - c0, copy.byteLength);
+      }
       try {
         // Unknown options: nothing may pass (fail closed).
         out = opts === null ? null : opts.side === 'send' ? await protect(frame, opts) : await unprotect(frame, opts);

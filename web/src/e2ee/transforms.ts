@@ -21,8 +21,14 @@ export function emptyCounts(): FrameCounts {
     receive: 0,
     dropped: 0,
     byTransceiver: {},
-    sframe: { keyEpoch: null, encrypted: {}, sendDropped: 0, byLeaf: {}, unattributed: {}, byMid: {}, heldEarly: 0, recentDrops: [] },
+    sframe: { keyEpoch: null, encrypted: {}, sendDropped: 0, byLeaf: {}, unattributed: {}, byMid: {}, heldEarly: 0, recentDrops: [], timing: emptyTiming() },
   };
+}
+
+function emptyTiming(): FrameCounts['sframe']['timing'] {
+  const zero = () => ({ frames: 0, totalMs: 0, bytes: 0 });
+  const kind = () => ({ encrypt: zero(), decrypt: zero(), copy: zero() });
+  return { audio: kind(), video: kind() };
 }
 
 export class FrameTransforms {
