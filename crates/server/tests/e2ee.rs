@@ -1014,3 +1014,157 @@ async fn a_member_the_server_does_not_announce_is_flagged_from_mls() {
     a.stop().await;
     e.stop().await;
 }
+
+/// Nearest-rank percentile of `xs` (sorted in place), `p` in 0..=100.
+fn percentile(xs: &mut [f64], p: f64) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((p / 100.0) * xs.len() as f64).ceil() as usize;
+    xs[rank.clamp(1, xs.len()) - 1]
+}
+
+/// DESIGN "Measure removal latency p50/p99": in one meeting with two steady members, a fresh
+/// member joins with media and reaches the group's epoch, then the host removes it; twelve
+/// times. Measured: host remove → both remaining members merged the removal commit, and host
+/// remove → the removed client's last decrypted frame (the SFU cuts it at the decision). The
+/// safety property is asserted every time: the removed client decrypts no frame of the new
+/// epoch. The figures are printed, not asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removal_latency_over_repeated_removals() {
+    const ROUNDS: usize = 12;
+    let t_start = Instant::now();
+    let s = server().await;
+    let host = s.passkey_user("hana", Role::Organiser).await;
+    let fresh_names: Vec<String> = (0..ROUNDS).map(|i| format!("fresh{i}")).collect();
+    let mut names: Vec<&str> = vec!["alice", "bob"];
+    names.extend(fresh_names.iter().map(String::as_str));
+    let alice = s.member("alice").await;
+    let bob = s.member("bob").await;
+    let mut fresh = Vec::new();
+    for n in &fresh_names {
+        fresh.push(s.member(n).await);
+    }
+    let id = s
+        .meeting("hana", meeting_req(Level::Open, &names, &["hana"], false))
+        .await;
+    let mut h = host.ws().await;
+    assert!(matches!(h.join(&id).await, ServerMsg::Admitted { .. }));
+    let (a, a_pid) = join_with_media(&alice, &id, 0).await;
+    let (b, b_pid) = join_with_media(&bob, &id, 0).await;
+    let steady = [&a, &b];
+    assert!(
+        until(Duration::from_secs(15), || {
+            let st = snapshot(&steady);
+            in_one_epoch(&st, 2).is_some()
+                && st[0].frames_from(&b_pid, Source::Camera) > 0
+                && st[1].frames_from(&a_pid, Source::Camera) > 0
+        })
+        .await,
+        "alice and bob did not get going"
+    );
+
+    let mut to_merge = Vec::new(); // ms, host remove → both remaining members merged
+    let mut to_last_frame = Vec::new(); // ms, host remove → removed client's last frame
+    for (round, c) in fresh.iter().enumerate() {
+        let t_join = Instant::now();
+        let (f, f_pid) = join_with_media(c, &id, 0).await;
+        let all = [&a, &b, &f];
+        let got_going = until(Duration::from_secs(10), || {
+            let st = snapshot(&all);
+            in_one_epoch(&st, 3).is_some()
+                && st[2].frames_from(&a_pid, Source::Camera) > 0
+                && st[2].frames_from(&b_pid, Source::Camera) > 0
+        })
+        .await;
+        if !got_going {
+            for (n, x) in ["alice", "bob", fresh_names[round].as_str()]
+                .iter()
+                .zip(snapshot(&all))
+            {
+                describe(n, &x);
+            }
+        }
+        assert!(
+            got_going,
+            "round {round}: the fresh member did not get going"
+        );
+        let joined_after = t_join.elapsed();
+        let before = in_one_epoch(&snapshot(&all), 3).expect("epoch");
+
+        let t_remove = Instant::now();
+        h.send(&ClientMsg::Remove {
+            participant_id: f_pid.clone(),
+        })
+        .await;
+        let moved = until(Duration::from_secs(5), || {
+            in_one_epoch(&snapshot(&steady), 2) == Some(before + 1)
+        })
+        .await;
+        assert!(
+            moved,
+            "round {round}: alice and bob did not move to a new epoch"
+        );
+        let merged = snapshot(&steady)
+            .iter()
+            .map(|x| {
+                x.e2ee
+                    .epochs
+                    .iter()
+                    .find(|e| e.epoch == before + 1)
+                    .expect("the removal epoch")
+                    .at
+            })
+            .max()
+            .expect("two");
+        // Give anything late the chance to reach the removed client.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let st = f.stats();
+        let new_epoch: u64 = st
+            .senders
+            .iter()
+            .map(|x| {
+                x.frames_by_epoch
+                    .range(before + 1..)
+                    .map(|(_, n)| n)
+                    .sum::<u64>()
+            })
+            .sum();
+        let last = st.last_decrypted_frame().expect("decrypted before");
+        let merge_ms = signed_ms(merged, t_remove);
+        let last_ms = signed_ms(last, t_remove);
+        println!(
+            "round {round:2}: joined and in epoch {before} after {}; removal merged {merge_ms:+.1} ms, removed client's last frame {last_ms:+.1} ms after the remove; {new_epoch} frames of epoch {} at the removed client",
+            ms(joined_after),
+            before + 1
+        );
+        assert_eq!(
+            new_epoch, 0,
+            "round {round}: the removed client decrypted frames of the new epoch"
+        );
+        to_merge.push(merge_ms);
+        to_last_frame.push(last_ms);
+        f.stop().await;
+        // Drain what the host was sent (joins, leaves) so its socket never backs up.
+        while h.try_next(Duration::ZERO).await.is_some() {}
+    }
+
+    for (what, xs) in [
+        (
+            "host remove → remaining members merged the removal commit",
+            &mut to_merge,
+        ),
+        (
+            "host remove → removed client's last decrypted frame",
+            &mut to_last_frame,
+        ),
+    ] {
+        println!(
+            "{what} over {ROUNDS} removals: p50 {:+.1} ms, p99 {:+.1} ms, max {:+.1} ms",
+            percentile(xs, 50.0),
+            percentile(xs, 99.0),
+            percentile(xs, 100.0),
+        );
+    }
+    println!("run time {}", ms(t_start.elapsed()));
+    a.stop().await;
+    b.stop().await;
+}
