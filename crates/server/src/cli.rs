@@ -64,6 +64,8 @@ enum ClientCmd {
     /// Log in and join a meeting (URL or id); prints what the server says. Exit status 0 when
     /// admitted, 2 when refused.
     Join {
+        /// Meeting URL or id (ids may start with `-`).
+        #[arg(allow_hyphen_values = true)]
         meeting: String,
         #[arg(long, default_value = "sealroom-identity.json")]
         identity: std::path::PathBuf,
@@ -855,5 +857,40 @@ async fn terminate() {
             s.recv().await;
         }
         Err(_) => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Meeting and device ids are base64url: one in 32 starts with `-`, which must still parse
+    /// as the id wherever it stands.
+    #[test]
+    fn ids_starting_with_a_hyphen_parse_as_values() {
+        for args in [
+            &[
+                "sealroom",
+                "client",
+                "join",
+                "-nABC",
+                "--identity",
+                "x.json",
+            ][..],
+            &[
+                "sealroom",
+                "client",
+                "join",
+                "--identity",
+                "x.json",
+                "-nABC",
+            ][..],
+        ] {
+            let cli = Cli::try_parse_from(args).expect("parses");
+            let Cmd::Client(ClientCmd::Join { meeting, .. }) = cli.cmd else {
+                panic!("not client join: {cli:?}")
+            };
+            assert_eq!(meeting, "-nABC");
+        }
     }
 }
