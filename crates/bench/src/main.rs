@@ -1,0 +1,669 @@
+//! `sealroom-bench`: sealroom's SFU and Janus Gateway's VideoRoom under the same load, side by
+//! side, from one command.
+//!
+//! **Owns** the load generator (N str0m participants in this process, each publishing the
+//! same pre-encoded Opus and VP8 streams with a measurement stamp in every frame and
+//! subscribing to everyone else, as a real client would), the adapters that admit them to
+//! each SFU ([`sealroom`]: the real admission path; [`janus`]: its HTTP API), the network
+//! namespace the SFU runs in, CPU pinning, reading the kernel's accounting, and the report.
+//!
+//! **Must not** change either SFU's behaviour, measure anything it did not observe, or run as
+//! a timed test: `--smoke` only proves that the pipeline works.
+//!
+//! **Main loop**: for every scenario, for every SFU: start the SFU pinned to its core, join
+//! the participants, let media settle, read the SFU's CPU time and UDP counters, let media
+//! run for the measured window, read them again, collect every participant's record of sent
+//! and received frames, stop. Then print one table (sealroom, Janus, ratio).
+
+#![forbid(unsafe_code)]
+
+mod janus;
+mod peer;
+mod report;
+mod sealroom;
+mod stamp;
+mod system;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use peer::{PeerConfig, PeerHandle, PeerReport};
+use report::{JoinResult, Outcome, Traffic};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use system::{Net, Netns, ProcSample};
+
+/// Measure sealroom's SFU against Janus Gateway 1.1.2 (VideoRoom) under the same load.
+#[derive(Debug, Clone, Parser)]
+#[command(version)]
+struct Args {
+    /// Tiny run for CI: 2 participants, 3 s windows; Janus only if it is installed. Exits 0
+    /// when media flowed through every SFU it ran (no performance threshold).
+    #[arg(long)]
+    smoke: bool,
+    /// Which SFUs to run.
+    #[arg(long, value_enum, default_value_t = Which::Both)]
+    sfu: Which,
+    /// Meeting sizes (N-by-N) of the forwarding scenarios.
+    #[arg(long, value_delimiter = ',', default_value = "4,8,12")]
+    sizes: Vec<usize>,
+    /// Length of each measured window, seconds.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Media runs this long after everyone receives before the window opens, seconds.
+    #[arg(long, default_value_t = 3)]
+    warmup: u64,
+    /// Which scenario groups to run.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "audio,video,join"
+    )]
+    scenarios: Vec<Group>,
+    /// Participants of the join-time scenarios (one by one, and all at once).
+    #[arg(long, default_value_t = 8)]
+    join_n: usize,
+    /// Rounds of each join scenario (a fresh SFU each); the percentiles pool every round.
+    #[arg(long, default_value_t = 3)]
+    join_rounds: usize,
+    /// The sealroom binary (`cargo build --release -p sealroom-server`).
+    #[arg(long, default_value = "target/release/sealroom")]
+    sealroom_bin: PathBuf,
+    /// The Janus binary (Debian package `janus`).
+    #[arg(long, default_value = "/usr/bin/janus")]
+    janus_bin: PathBuf,
+    /// Janus's plugin, transport, logger and event handler folders live here.
+    #[arg(long, default_value = "/usr/lib/x86_64-linux-gnu/janus")]
+    janus_lib: PathBuf,
+    /// Janus `event_loops` (handles share this many media threads; 0: one thread per
+    /// handle). One loop matches an SFU pinned to one core.
+    #[arg(long, default_value_t = 1)]
+    janus_event_loops: u32,
+    /// The core the SFU is pinned to.
+    #[arg(long, default_value_t = 0)]
+    sfu_cpu: usize,
+    /// The core the load generator (this process) is pinned to.
+    #[arg(long, default_value_t = 1)]
+    load_cpu: usize,
+    /// Do not pin anything.
+    #[arg(long)]
+    no_pin: bool,
+    /// /24 prefix of the veth pair (SFU at .1, load at .2).
+    #[arg(long, default_value = "198.19.77")]
+    subnet: String,
+    /// Run on loopback without a network namespace (sealroom only: Janus needs one).
+    #[arg(long)]
+    loopback: bool,
+    /// Write latest.md and latest.csv here (default: bench/results, none for --smoke).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Group {
+    /// Forwarding, audio-only meetings.
+    Audio,
+    /// Forwarding, audio and video meetings.
+    Video,
+    /// Join time to the first remote frame.
+    Join,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Which {
+    Both,
+    Sealroom,
+    Janus,
+}
+
+/// A participant being joined or in the meeting: its signaling driver and its peers.
+pub struct Participant {
+    started: Instant,
+    peers: Arc<Mutex<Vec<PeerHandle>>>,
+    error: Arc<Mutex<Option<String>>>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Participant {
+    fn new(
+        started: Instant,
+        peers: Arc<Mutex<Vec<PeerHandle>>>,
+        error: Arc<Mutex<Option<String>>>,
+        driver: tokio::task::JoinHandle<()>,
+    ) -> Participant {
+        Participant {
+            started,
+            peers,
+            error,
+            driver,
+        }
+    }
+
+    /// Datagrams its peers received from the SFU so far.
+    fn datagrams(&self) -> u64 {
+        self.peers().iter().map(PeerHandle::datagrams).sum()
+    }
+
+    fn peers(&self) -> Vec<PeerHandle> {
+        self.peers.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// From the start of the join to the first frame from anyone.
+    fn first_remote_frame(&self) -> Option<Duration> {
+        self.peers()
+            .iter()
+            .filter_map(|p| p.live().first_remote_frame_at)
+            .min()
+            .map(|t| t.saturating_duration_since(self.started))
+    }
+
+    /// Distinct (publisher, kind) streams it has received from.
+    fn streams_heard(&self) -> usize {
+        self.peers().iter().map(|p| p.live().streams_heard).sum()
+    }
+
+    /// Why it failed, if it did.
+    fn failure(&self) -> Option<String> {
+        if let Some(e) = self.error.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Some(e);
+        }
+        self.peers().iter().find_map(|p| p.live().ended)
+    }
+
+    async fn reports(&self) -> Vec<PeerReport> {
+        let mut out = Vec::new();
+        for p in self.peers() {
+            out.push(p.report().await);
+        }
+        out
+    }
+}
+
+impl Drop for Participant {
+    fn drop(&mut self) {
+        // The driver holds the signaling; the peers stop when their last handle goes.
+        self.driver.abort();
+    }
+}
+
+enum Server {
+    Sealroom(sealroom::Sealroom),
+    Janus(janus::Janus),
+}
+
+enum Room {
+    Sealroom(sealroom::Room),
+    Janus(janus::Room),
+}
+
+impl Server {
+    fn pid(&self) -> u32 {
+        match self {
+            Server::Sealroom(s) => s.pid,
+            Server::Janus(j) => j.pid,
+        }
+    }
+
+    async fn room(&mut self, n: usize) -> anyhow::Result<Room> {
+        Ok(match self {
+            Server::Sealroom(s) => Room::Sealroom(s.room(n).await?),
+            Server::Janus(j) => Room::Janus(j.room(n).await?),
+        })
+    }
+
+    fn join(&self, room: &Room, i: usize, cfg: PeerConfig) -> anyhow::Result<Participant> {
+        match (self, room) {
+            (Server::Sealroom(s), Room::Sealroom(r)) => s.join(r, i, cfg),
+            (Server::Janus(j), Room::Janus(r)) => Ok(j.join(r, i, cfg)),
+            _ => bail!("a room of another SFU"),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Server::Sealroom(s) => s.describe(),
+            Server::Janus(j) => j.describe(),
+        }
+    }
+
+    async fn stop(self) {
+        match self {
+            Server::Sealroom(s) => s.stop().await,
+            Server::Janus(j) => j.stop().await,
+        }
+    }
+}
+
+/// What a run needs to start SFUs and make peers.
+struct Env {
+    args: Args,
+    net: Net,
+    epoch: Instant,
+}
+
+impl Env {
+    fn sfu_cpu(&self) -> Option<usize> {
+        (!self.args.no_pin).then_some(self.args.sfu_cpu)
+    }
+
+    async fn start(&self, which: Which) -> anyhow::Result<Server> {
+        Ok(match which {
+            Which::Janus => {
+                let opts = janus::JanusOptions {
+                    bin: self.args.janus_bin.clone(),
+                    lib_dir: self.args.janus_lib.clone(),
+                    event_loops: self.args.janus_event_loops,
+                };
+                Server::Janus(janus::Janus::start(&opts, &self.net, self.sfu_cpu()).await?)
+            }
+            _ => Server::Sealroom(
+                sealroom::Sealroom::start(&self.args.sealroom_bin, &self.net, self.sfu_cpu())
+                    .await?,
+            ),
+        })
+    }
+
+    fn peer(&self, i: usize, audio: bool, video: bool) -> PeerConfig {
+        PeerConfig {
+            bind: SocketAddr::new(self.net.media_ip(), 0),
+            me: u32::try_from(i).unwrap_or(u32::MAX),
+            audio,
+            video,
+            epoch: self.epoch,
+        }
+    }
+}
+
+/// Wait until every participant receives `streams` streams (at least one when 0); fail on
+/// the first failure.
+async fn all_receiving(ps: &[Participant], streams: usize, within: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some((i, e)) = ps
+            .iter()
+            .enumerate()
+            .find_map(|(i, p)| p.failure().map(|e| (i, e)))
+        {
+            bail!("participant {i} failed: {e}");
+        }
+        let waiting = ps
+            .iter()
+            .filter(|p| p.first_remote_frame().is_none() || p.streams_heard() < streams)
+            .count();
+        if waiting == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{waiting} of {} participants did not receive every stream within {} s",
+                ps.len(),
+                within.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Forwarding: N participants publish and receive each other for the window.
+async fn traffic(env: &Env, which: Which, n: usize, video: bool) -> anyhow::Result<Traffic> {
+    let mut server = env.start(which).await?;
+    let result = traffic_on(env, &mut server, n, video).await;
+    server.stop().await;
+    result
+}
+
+async fn traffic_on(
+    env: &Env,
+    server: &mut Server,
+    n: usize,
+    video: bool,
+) -> anyhow::Result<Traffic> {
+    let pid = server.pid();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = ProcSample::read(pid)?;
+    let room = server.room(n).await?;
+    let mut ps = Vec::new();
+    for i in 0..n {
+        ps.push(server.join(&room, i, env.peer(i, true, video))?);
+    }
+    let streams = (n - 1) * if video { 2 } else { 1 };
+    all_receiving(&ps, streams, Duration::from_secs(30))
+        .await
+        .with_context(|| format!("joining {n} participants to {}", server.describe()))?;
+    tokio::time::sleep(Duration::from_secs(env.args.warmup)).await;
+    let me = std::process::id();
+    let dgrams = |ps: &[Participant]| ps.iter().map(Participant::datagrams).sum::<u64>();
+    let (s0, l0, d0) = (ProcSample::read(pid)?, ProcSample::read(me)?, dgrams(&ps));
+    tokio::time::sleep(Duration::from_secs(env.args.seconds)).await;
+    let (s1, l1, d1) = (ProcSample::read(pid)?, ProcSample::read(me)?, dgrams(&ps));
+    if let Some((i, e)) = ps
+        .iter()
+        .enumerate()
+        .find_map(|(i, p)| p.failure().map(|e| (i, e)))
+    {
+        bail!("participant {i} failed during the window: {e}");
+    }
+    // Frames in flight at the end of the window arrive (or are lost) by then.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut reports = Vec::new();
+    for p in &ps {
+        reports.push(p.reports().await);
+    }
+    drop(ps);
+    let ns = |t: Instant| t.saturating_duration_since(env.epoch).as_nanos() as u64;
+    Ok(report::traffic(
+        n,
+        video,
+        &reports,
+        (ns(s0.at), ns(s1.at)),
+        (idle, s0, s1),
+        (l0, l1),
+        d1.saturating_sub(d0),
+    ))
+}
+
+/// Join time to the first remote frame: one by one, or all at once; `rounds` times, each on
+/// a fresh SFU.
+async fn joins(
+    env: &Env,
+    which: Which,
+    n: usize,
+    storm: bool,
+    rounds: usize,
+) -> anyhow::Result<JoinResult> {
+    let mut times = Vec::new();
+    for _ in 0..rounds.max(1) {
+        let mut server = env.start(which).await?;
+        let result = joins_on(env, &mut server, n, storm).await;
+        server.stop().await;
+        times.extend(result?);
+    }
+    Ok(JoinResult::new(n, times))
+}
+
+async fn joins_on(
+    env: &Env,
+    server: &mut Server,
+    n: usize,
+    storm: bool,
+) -> anyhow::Result<Vec<Duration>> {
+    let room = server.room(n).await?;
+    let mut ps: Vec<Participant> = Vec::new();
+    let mut times = Vec::new();
+    if storm {
+        for i in 0..n {
+            ps.push(server.join(&room, i, env.peer(i, true, true))?);
+        }
+        all_receiving(&ps, 0, Duration::from_secs(30)).await?;
+        times.extend(ps.iter().filter_map(|p| p.first_remote_frame()));
+    } else {
+        for i in 0..n {
+            ps.push(server.join(&room, i, env.peer(i, true, true))?);
+            if i == 0 {
+                // Alone: nothing to receive. Wait until it publishes.
+                let deadline = Instant::now() + Duration::from_secs(15);
+                while !ps[0]
+                    .peers()
+                    .iter()
+                    .any(|p| p.live().connected_at.is_some())
+                {
+                    if let Some(e) = ps[0].failure() {
+                        bail!("participant 0 failed: {e}");
+                    }
+                    if Instant::now() > deadline {
+                        bail!("participant 0 did not connect within 15 s");
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                continue;
+            }
+            all_receiving(&ps[i..], 0, Duration::from_secs(15))
+                .await
+                .with_context(|| format!("participant {i} joining"))?;
+            times.extend(ps[i].first_remote_frame());
+        }
+    }
+    Ok(times)
+}
+
+/// The same delay measured without an SFU: one publisher straight to one subscriber, for
+/// `seconds`. What the SFUs add is their delay minus this.
+async fn baseline(env: &Env) -> anyhow::Result<(f64, f64)> {
+    let a = PeerHandle::spawn(env.peer(0, true, true))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let b = PeerHandle::spawn(env.peer(1, false, false))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let offer = a.offer().await.map_err(anyhow::Error::msg)?;
+    let answer = b
+        .accept_offer(offer.sdp)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    a.accept_answer(answer).await.map_err(anyhow::Error::msg)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.live().first_remote_frame_at.is_none() {
+        if Instant::now() > deadline {
+            bail!("the direct connection carried nothing within 10 s");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(env.args.seconds)).await;
+    let mut delays: Vec<f64> = b
+        .report()
+        .await
+        .received
+        .iter()
+        .map(|f| f.recv_ns.saturating_sub(f.sent_ns) as f64 / 1e6)
+        .collect();
+    delays.sort_by(|x, y| x.total_cmp(y));
+    Ok((
+        report::quantile(&delays, 0.5),
+        report::quantile(&delays, 0.99),
+    ))
+}
+
+/// Busy share of all CPUs over one second.
+fn quiet_check() -> Option<f64> {
+    let (b0, t0) = system::machine_busy()?;
+    std::thread::sleep(Duration::from_secs(1));
+    let (b1, t1) = system::machine_busy()?;
+    Some((b1 - b0) / (t1 - t0).max(0.01))
+}
+
+fn janus_available(args: &Args) -> bool {
+    args.janus_bin.exists()
+        && args
+            .janus_lib
+            .join("plugins/libjanus_videoroom.so")
+            .exists()
+}
+
+fn main() -> std::process::ExitCode {
+    let mut args = Args::parse();
+    match run(&mut args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &mut Args) -> anyhow::Result<std::process::ExitCode> {
+    if args.smoke {
+        args.sizes = vec![2];
+        args.seconds = 3;
+        args.warmup = 1;
+        args.join_n = 2;
+        args.join_rounds = 1;
+    }
+    if args.sizes.iter().any(|n| *n < 2) || args.join_n < 2 {
+        bail!("meetings need at least 2 participants");
+    }
+    let prefix: Vec<u8> = args
+        .subnet
+        .split('.')
+        .map(|p| p.parse::<u8>())
+        .collect::<Result<_, _>>()
+        .ok()
+        .filter(|v: &Vec<u8>| v.len() == 3)
+        .context("--subnet takes a /24 prefix like 198.19.77")?;
+    let net = if let Some(inner) = Net::inner() {
+        inner
+    } else if args.loopback {
+        Net::Loopback
+    } else {
+        match Netns::create([prefix[0], prefix[1], prefix[2]]) {
+            Ok(ns) => {
+                // The whole run happens inside; the namespace goes when `ns` drops.
+                let argv: Vec<String> = std::env::args().skip(1).collect();
+                let cpu = (!args.no_pin).then_some(args.load_cpu);
+                let code = ns.run_inside(cpu, &argv)?;
+                return Ok(std::process::ExitCode::from(
+                    u8::try_from(code).unwrap_or(1),
+                ));
+            }
+            Err(e) if args.smoke => {
+                eprintln!("note: no network namespace ({e:#}); sealroom on loopback only");
+                Net::Loopback
+            }
+            Err(e) => return Err(e.context("creating the network namespace (run as root)")),
+        }
+    };
+    let janus_ok = janus_available(args);
+    let mut which = match args.sfu {
+        Which::Both => vec![Which::Sealroom, Which::Janus],
+        w => vec![w],
+    };
+    if matches!(net, Net::Loopback) || !janus_ok {
+        if args.sfu == Which::Janus {
+            bail!("Janus needs its binary, its VideoRoom plugin and a network namespace");
+        }
+        if which.contains(&Which::Janus) {
+            if !args.smoke {
+                bail!(
+                    "Janus is not installed ({}): run bench/sfu-vs-janus.sh, or pass --sfu sealroom",
+                    args.janus_bin.display()
+                );
+            }
+            eprintln!("note: Janus skipped (not installed, or no network namespace)");
+        }
+        which.retain(|w| *w != Which::Janus);
+    }
+    if !args.no_pin {
+        system::pin_self(args.load_cpu)?;
+    }
+    let busy = quiet_check();
+    if let Some(b) = busy.filter(|b| *b > 0.10) {
+        eprintln!(
+            "warning: the machine was {:.0} % busy before the run; figures will be noisy",
+            b * 100.0
+        );
+    }
+    // reqwest (Janus's HTTP API) is built without a default TLS provider; ring is ours.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let env = Env {
+        args: args.clone(),
+        net,
+        epoch: Instant::now(),
+    };
+    let forwarding = args.scenarios.iter().any(|g| *g != Group::Join);
+    let (results, direct) = runtime.block_on(async {
+        let direct = match forwarding {
+            true => baseline(&env).await,
+            false => Err(anyhow::anyhow!("not asked for")),
+        };
+        if let (true, Err(e)) = (forwarding, &direct) {
+            eprintln!("baseline failed: {e:#}");
+        }
+        (scenarios(&env, &which).await, direct.ok())
+    });
+    let ctx = report::Context {
+        topology: env.net.describe(),
+        pinning: if args.no_pin {
+            "none".into()
+        } else {
+            format!(
+                "SFU on CPU {}, load on CPU {} (this process: {})",
+                args.sfu_cpu,
+                args.load_cpu,
+                system::allowed_cpus()
+            )
+        },
+        busy_before: busy,
+        seconds: args.seconds,
+        warmup: args.warmup,
+        janus_event_loops: args.janus_event_loops,
+        join_rounds: args.join_rounds,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        direct_delay_ms: direct,
+        smoke: args.smoke,
+    };
+    let md = report::markdown(&ctx, &results);
+    println!("{md}");
+    let out = args
+        .out
+        .clone()
+        .or_else(|| (!args.smoke).then(|| PathBuf::from("bench/results")));
+    if let Some(dir) = out {
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("latest.md"), &md)?;
+        std::fs::write(dir.join("latest.csv"), report::csv(&results))?;
+        eprintln!("wrote {}/latest.md and latest.csv", dir.display());
+    }
+    drop(env);
+    let failed: Vec<&Outcome> = results.iter().filter(|r| r.failed()).collect();
+    if args.smoke && !failed.is_empty() {
+        eprintln!("smoke: {} scenario(s) failed", failed.len());
+        return Ok(std::process::ExitCode::FAILURE);
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn scenarios(env: &Env, which: &[Which]) -> Vec<Outcome> {
+    let mut out = Vec::new();
+    let label = |w: Which| match w {
+        Which::Janus => "janus",
+        _ => "sealroom",
+    };
+    let mut sizes = env.args.sizes.clone();
+    sizes.sort_unstable();
+    sizes.dedup();
+    for video in [false, true] {
+        let group = if video { Group::Video } else { Group::Audio };
+        if !env.args.scenarios.contains(&group) {
+            continue;
+        }
+        for &n in &sizes {
+            for &w in which {
+                let name = format!("{} N={n}", if video { "video" } else { "audio" });
+                eprintln!("{name}: {} …", label(w));
+                let r = traffic(env, w, n, video).await;
+                if let Err(e) = &r {
+                    eprintln!("  failed: {e:#}");
+                }
+                out.push(Outcome::traffic(name, label(w), r));
+            }
+        }
+    }
+    let joins_wanted = env.args.scenarios.contains(&Group::Join);
+    for storm in [false, true].into_iter().filter(|_| joins_wanted) {
+        for &w in which {
+            let n = env.args.join_n;
+            let name = format!("join {} N={n}", if storm { "storm" } else { "one by one" });
+            eprintln!("{name}: {} …", label(w));
+            let r = joins(env, w, n, storm, env.args.join_rounds).await;
+            if let Err(e) = &r {
+                eprintln!("  failed: {e:#}");
+            }
+            out.push(Outcome::join(name, label(w), r));
+        }
+    }
+    out
+}
