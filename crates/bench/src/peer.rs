@@ -11,7 +11,9 @@
 //! datagram, a command, that timeout or the next frame to send. Datagrams from addresses that
 //! are not among the remote side's SDP candidates never reach str0m.
 
-use crate::stamp::{self, Kind, OpusLoop, Stamp, Vp8Loop, AUDIO_EVERY, VIDEO_EVERY};
+use crate::stamp::{self, Kind, Stamp, AUDIO_EVERY, VIDEO_EVERY};
+use sealroom_client::assets::{OpusLoop, Vp8Loop};
+use sealroom_client::media::candidates;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -130,8 +132,8 @@ impl PeerHandle {
             pending: None,
             audio_mid: None,
             video_mid: None,
-            audio: OpusLoop::new(),
-            video: Vp8Loop::new(),
+            audio: OpusLoop::microphone(),
+            video: Vp8Loop::camera(),
             audio_seq: 0,
             video_seq: 0,
             connected: false,
@@ -483,37 +485,5 @@ impl Task {
                 self.video_seq += 1;
             }
         }
-    }
-}
-
-/// The `host` UDP candidates of an SDP (RFC 8839 §5.1: `a=candidate:<foundation>
-/// <component> <transport> <priority> <address> <port> typ <type>`).
-pub fn candidates(sdp: &str) -> Vec<SocketAddr> {
-    sdp.lines()
-        .filter_map(|l| l.trim().strip_prefix("a=candidate:"))
-        .filter_map(|c| {
-            let f: Vec<&str> = c.split_whitespace().collect();
-            if f.len() < 8 || !f[2].eq_ignore_ascii_case("udp") {
-                return None;
-            }
-            let ip: std::net::IpAddr = f[4].parse().ok()?;
-            let port: u16 = f[5].parse().ok()?;
-            Some(SocketAddr::new(ip, port))
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn candidates_are_read_from_sdp() {
-        let sdp = "v=0\r\na=candidate:1 1 udp 2130706431 198.19.77.1 40000 typ host\r\n\
-                   a=candidate:2 1 tcp 1 198.19.77.1 9 typ host\r\na=candidate:bad\r\n";
-        assert_eq!(
-            candidates(sdp),
-            vec!["198.19.77.1:40000".parse().expect("addr")]
-        );
     }
 }

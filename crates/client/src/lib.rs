@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod assets;
 pub mod e2ee;
 pub mod media;
 

@@ -42,10 +42,7 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
-/// The pre-encoded camera stream (IVF container, VP8). See `assets/make.sh`.
-const CAMERA_IVF: &[u8] = include_bytes!("../assets/camera.ivf");
-/// The pre-encoded microphone stream: Opus packets, each after a big-endian u16 length.
-const MICROPHONE_OPUS: &[u8] = include_bytes!("../assets/microphone.opus");
+use crate::assets::{OpusLoop, Vp8Loop};
 
 /// Audio frame interval (one Opus packet holds 20 ms).
 const AUDIO_EVERY: Duration = Duration::from_millis(20);
@@ -338,8 +335,8 @@ impl MediaSession {
             audio_mid,
             video_mid,
             simulcast: opts.simulcast,
-            audio: OpusLoop::new(MICROPHONE_OPUS),
-            video: Vp8Loop::new(CAMERA_IVF),
+            audio: OpusLoop::microphone(),
+            video: Vp8Loop::camera(),
             connected: false,
             mapping: HashMap::new(),
             tracks: HashMap::new(),
@@ -915,7 +912,7 @@ impl Task {
         let (Some(mid), Some(pt)) = (self.audio_mid, self.pt(Codec::Opus)) else {
             return;
         };
-        let (n, packet) = self.audio.next();
+        let (n, packet) = self.audio.next_frame();
         let t = MediaTime::new(n * 960, Frequency::FORTY_EIGHT_KHZ);
         let Some(wire) = self.encrypt(Source::Microphone, packet) else {
             return;
@@ -934,7 +931,7 @@ impl Task {
         if self.e2ee.as_mut().is_some_and(|e| e.take_keyframe_wanted()) {
             self.video.keyframe_due = true;
         }
-        let (n, frame) = self.video.next();
+        let (n, frame) = self.video.next_frame();
         let t = MediaTime::new(n * 3_000, Frequency::NINETY_KHZ);
         let rids: Vec<Option<Rid>> = if self.simulcast {
             SIMULCAST_RIDS.iter().map(|r| Some((*r).into())).collect()
@@ -969,8 +966,9 @@ async fn recv_signaling(sig: &mut Option<Signaling>) -> Result<Option<ServerMsg>
 }
 
 /// The `host` candidate addresses in an SDP (RFC 8839 §5.1: `a=candidate:<foundation>
-/// <component> <transport> <priority> <address> <port> typ <type>`).
-fn candidates(sdp: &str) -> Vec<SocketAddr> {
+/// <component> <transport> <priority> <address> <port> typ <type>`). Datagrams from any other
+/// address are dropped; the benchmark's load participants use it too.
+pub fn candidates(sdp: &str) -> Vec<SocketAddr> {
     sdp.lines()
         .filter_map(|l| l.trim().strip_prefix("a=candidate:"))
         .filter_map(|c| {
@@ -985,126 +983,9 @@ fn candidates(sdp: &str) -> Vec<SocketAddr> {
         .collect()
 }
 
-/// The looped microphone stream.
-struct OpusLoop {
-    packets: Vec<&'static [u8]>,
-    n: u64,
-}
-
-impl OpusLoop {
-    fn new(data: &'static [u8]) -> OpusLoop {
-        let mut packets = Vec::new();
-        let mut rest = data;
-        while let [a, b, tail @ ..] = rest {
-            let len = u16::from_be_bytes([*a, *b]) as usize;
-            if tail.len() < len {
-                break;
-            }
-            packets.push(&tail[..len]);
-            rest = &tail[len..];
-        }
-        OpusLoop { packets, n: 0 }
-    }
-
-    /// (frame number, packet).
-    fn next(&mut self) -> (u64, &'static [u8]) {
-        let n = self.n;
-        self.n += 1;
-        // The asset is compiled in and has 50 packets (checked by a unit test).
-        let p = self.packets[(n % self.packets.len() as u64) as usize];
-        (n, p)
-    }
-}
-
-/// The looped camera stream; jumps to the next keyframe when one is asked for.
-struct Vp8Loop {
-    frames: Vec<&'static [u8]>,
-    pos: usize,
-    n: u64,
-    keyframe_due: bool,
-}
-
-impl Vp8Loop {
-    /// Frames of an IVF file (32-byte file header, then 12-byte frame headers: u32 LE size,
-    /// u64 LE timestamp).
-    fn new(ivf: &'static [u8]) -> Vp8Loop {
-        let mut frames = Vec::new();
-        let mut rest = ivf.get(32..).unwrap_or_default();
-        while rest.len() >= 12 {
-            let size = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-            let Some(f) = rest.get(12..12 + size) else {
-                break;
-            };
-            frames.push(f);
-            rest = &rest[12 + size..];
-        }
-        Vp8Loop {
-            frames,
-            pos: 0,
-            n: 0,
-            keyframe_due: false,
-        }
-    }
-
-    /// RFC 6386 §9.1: bit 0 of the frame tag is clear on keyframes.
-    fn is_keyframe(f: &[u8]) -> bool {
-        f.first().is_some_and(|b| b & 1 == 0)
-    }
-
-    /// (frame number, frame).
-    fn next(&mut self) -> (u64, &'static [u8]) {
-        let len = self.frames.len();
-        if std::mem::take(&mut self.keyframe_due) && !Self::is_keyframe(self.frames[self.pos]) {
-            // The asset starts with a keyframe (checked by a unit test), so this ends.
-            while !Self::is_keyframe(self.frames[self.pos]) {
-                self.pos = (self.pos + 1) % len;
-            }
-        }
-        let f = self.frames[self.pos];
-        self.pos = (self.pos + 1) % len;
-        let n = self.n;
-        self.n += 1;
-        (n, f)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_assets_parse_and_start_decodable() {
-        let mut a = OpusLoop::new(MICROPHONE_OPUS);
-        assert_eq!(a.packets.len(), 50);
-        // RFC 6716 §3.1: every TOC names a 20 ms configuration (SILK 1/5/9, hybrid 13/15,
-        // CELT 19/23/27/31) and frame-count code 0 (one frame per packet).
-        let twenty_ms = [1, 5, 9, 13, 15, 19, 23, 27, 31];
-        assert!(a
-            .packets
-            .iter()
-            .all(|p| p.len() > 1 && twenty_ms.contains(&(p[0] >> 3)) && p[0] & 0x03 == 0));
-        assert_eq!(a.next().0, 0);
-
-        let mut v = Vp8Loop::new(CAMERA_IVF);
-        assert_eq!(v.frames.len(), 60);
-        let keys: Vec<usize> = (0..60)
-            .filter(|i| Vp8Loop::is_keyframe(v.frames[*i]))
-            .collect();
-        assert_eq!(keys, vec![0, 30]);
-        // RFC 6386 §9.1: keyframes carry the start code and 320×240.
-        assert_eq!(&v.frames[0][3..6], &[0x9d, 0x01, 0x2a]);
-        assert_eq!(&v.frames[0][6..10], &[0x40, 0x01, 0xf0, 0x00]);
-        v.next();
-        v.next();
-        v.keyframe_due = true;
-        let (n, f) = v.next();
-        assert_eq!(n, 2);
-        assert!(
-            Vp8Loop::is_keyframe(f),
-            "a keyframe request jumps to a keyframe"
-        );
-        assert_eq!(v.pos, 31);
-    }
 
     #[test]
     fn candidates_are_read_from_sdp() {
