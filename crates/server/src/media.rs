@@ -16,6 +16,9 @@ use std::time::Instant;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
+/// Datagrams read from the socket per wakeup before the core is drained.
+const RECV_BATCH: usize = 32;
+
 /// What the media edge tells a participant's socket task.
 #[derive(Debug, Clone)]
 pub enum MediaEvent {
@@ -161,7 +164,14 @@ async fn run(
         tokio::select! {
             r = socket.recv_from(&mut buf) => {
                 if let Ok((n, source)) = r {
-                    sfu.handle_input(Instant::now(), Input::Receive { source, destination: advertised, contents: &buf[..n] });
+                    let now = Instant::now();
+                    sfu.handle_input(now, Input::Receive { source, destination: advertised, contents: &buf[..n] });
+                    // Take what else is already queued before draining once: the core then
+                    // polls each touched session once for the whole batch.
+                    for _ in 1..RECV_BATCH {
+                        let Ok((n, source)) = socket.try_recv_from(&mut buf) else { break };
+                        sfu.handle_input(now, Input::Receive { source, destination: advertised, contents: &buf[..n] });
+                    }
                 }
             }
             cmd = rx.recv() => {

@@ -21,6 +21,10 @@ use crate::simulcast::{self, LayerMeter};
 /// How far ahead the core asks to be woken when it has nothing scheduled.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How many rounds of due timers one [`Sfu::poll_output`] call runs before it hands control
+/// back to the caller with `Timeout(now)`.
+const MAX_INLINE_ROUNDS: usize = 64;
+
 /// A datagram from the server's UDP socket.
 #[derive(Debug)]
 pub enum Input<'a> {
@@ -290,6 +294,10 @@ struct Participant {
     /// Sources refused by the network rule, already reported.
     refused_sources: Vec<SocketAddr>,
     timeout: Instant,
+    /// Something may have changed inside its session (input, a write, a timeout, a
+    /// negotiation change): poll it on the next drive. Only dirty sessions are polled, so
+    /// one datagram costs the sessions it touches, not every session of the SFU.
+    dirty: bool,
     estimate_bps: u64,
     kf_forwarded: u64,
     kf_throttled: u64,
@@ -337,6 +345,8 @@ pub struct Sfu {
     pairs: HashMap<(SocketAddr, SocketAddr), ParticipantId>,
     queue: VecDeque<Queued>,
     keyframes_wanted: Vec<KeyframeAsk>,
+    /// Participants with `dirty` set, in the order they became dirty.
+    dirty: Vec<ParticipantId>,
     counters: Counters,
     last_now: Option<Instant>,
 }
@@ -358,6 +368,7 @@ impl Sfu {
             pairs: HashMap::new(),
             queue: VecDeque::new(),
             keyframes_wanted: Vec::new(),
+            dirty: Vec::new(),
             counters: Counters::default(),
             last_now: None,
         })
@@ -406,9 +417,12 @@ impl Sfu {
                 .map_err(|e| SfuError::InvalidCandidate(e.to_string()))?;
             rtc.add_local_candidate(c);
         }
+        // Probe towards the desired rate (simulcast layers climb with the estimate), but do
+        // not sustain padding: a minimum above what the subscriber receives would fill every
+        // gap with padding packets that cost the SFU as much as media (str0m keeps its own
+        // small padding target for NAT bindings and RTX state).
         let desired = self.config.desired_bitrate_bps;
-        rtc.bwe()
-            .set_bitrate(Bitrate::bps(desired / 4), Bitrate::bps(desired));
+        rtc.bwe().set_bitrate(Bitrate::ZERO, Bitrate::bps(desired));
         self.ufrags.insert(creds.ufrag.clone(), id);
         self.participants.insert(
             id,
@@ -425,6 +439,7 @@ impl Sfu {
                 added: now,
                 refused_sources: Vec::new(),
                 timeout: now,
+                dirty: false,
                 estimate_bps: self.config.initial_bitrate_bps,
                 kf_forwarded: 0,
                 kf_throttled: 0,
@@ -453,6 +468,7 @@ impl Sfu {
                 p.tracks_out.push(TrackOut::new(track, kind));
             }
         }
+        self.mark(id);
         Ok(())
     }
 
@@ -494,6 +510,7 @@ impl Sfu {
             self.ufrags.insert(creds.ufrag.clone(), id);
             p.ufrag = creds.ufrag;
         }
+        self.mark(id);
         Ok(answer.to_sdp_string())
     }
 
@@ -519,6 +536,7 @@ impl Sfu {
         });
         if let Err(e) = result {
             p.rollback_offer();
+            self.mark(id);
             return Err(e);
         }
         for t in &mut p.tracks_out {
@@ -536,6 +554,7 @@ impl Sfu {
         }
         p.tracks_out
             .retain(|t| !matches!(t.state, OutState::NegotiatingStop(_)));
+        self.mark(id);
         Ok(())
     }
 
@@ -627,6 +646,7 @@ impl Sfu {
                 }
                 // Re-polled in drive(); until then assume it wants to run again now.
                 p.timeout = now;
+                p.mark_dirty(*id, &mut self.dirty);
             }
         }
         for (id, reason) in failed {
@@ -638,13 +658,30 @@ impl Sfu {
     /// [`Sfu::handle_timeout`]. Call until it returns `Timeout`.
     pub fn poll_output(&mut self, now: Instant) -> Output {
         self.touch(now);
-        if let Some(q) = self.queue.pop_front() {
-            return q.output;
+        // Timers that are already due are run here rather than handed back to the caller:
+        // str0m's pacer asks for a timeout after every packet it releases, and a round trip
+        // through the caller's event loop per packet costs a wakeup and adds latency (and,
+        // with a timer of 1 ms resolution, throttled the pacer until queues collapsed). The
+        // bound keeps a session that is always due from starving the caller's socket.
+        for _ in 0..MAX_INLINE_ROUNDS {
+            if let Some(q) = self.queue.pop_front() {
+                return q.output;
+            }
+            self.drive(now);
+            if let Some(q) = self.queue.pop_front() {
+                return q.output;
+            }
+            if self.next_timeout(now) > now {
+                break;
+            }
+            self.handle_timeout(now);
         }
-        self.drive(now);
-        if let Some(q) = self.queue.pop_front() {
-            return q.output;
-        }
+        Output::Timeout(self.next_timeout(now))
+    }
+
+    /// When the next timer of any session (or a connect timeout) is due; `now` if one is
+    /// due already.
+    fn next_timeout(&self, now: Instant) -> Instant {
         let next = self
             .participants
             .values()
@@ -657,7 +694,7 @@ impl Sfu {
             })
             .min()
             .unwrap_or(now + IDLE_TIMEOUT);
-        Output::Timeout(next.max(now))
+        next.max(now)
     }
 
     /// Participants currently in the SFU: the forwarding set.
@@ -766,6 +803,7 @@ impl Sfu {
             return;
         }
         p.timeout = now;
+        self.mark(id);
     }
 
     fn end_session(&mut self, id: ParticipantId, reason: SessionError) {
@@ -789,6 +827,7 @@ impl Sfu {
             return false;
         };
         self.ufrags.remove(&p.ufrag);
+        self.dirty.retain(|d| *d != id);
         self.pairs.retain(|_, v| *v != id);
         self.queue.retain(|q| {
             !(q.participant == Some(id) && matches!(q.output, Output::Transmit { .. }))
@@ -807,7 +846,10 @@ impl Sfu {
 
     /// Stops forwarding `track` to everybody.
     fn withdraw(&mut self, track: TrackId) {
-        for p in self.participants.values_mut() {
+        for (id, p) in &mut self.participants {
+            if p.tracks_out.iter().any(|t| t.source == track) {
+                p.mark_dirty(*id, &mut self.dirty);
+            }
             p.tracks_out.retain_mut(|t| {
                 if t.source != track {
                     return true;
@@ -840,17 +882,36 @@ impl Sfu {
         }
         // Each pass forwards what the previous one received; forwarding only writes into
         // other sessions, which yields transmits but no new work, so this ends.
+        let mut ids = Vec::new();
         loop {
             let mut work = Work::default();
-            let ids: Vec<ParticipantId> = self.participants.keys().copied().collect();
-            for id in ids {
+            std::mem::swap(&mut ids, &mut self.dirty);
+            if ids.is_empty() {
+                break;
+            }
+            for &id in &ids {
+                if let Some(p) = self.participants.get_mut(&id) {
+                    p.dirty = false;
+                }
+            }
+            for id in ids.drain(..) {
                 self.negotiate(id);
                 self.poll_participant(now, id, &mut work);
             }
-            if work.is_empty() {
-                break;
+            if !work.is_empty() {
+                self.apply(now, work);
             }
-            self.apply(now, work);
+        }
+        // Keep the allocation for the next drive.
+        if self.dirty.is_empty() {
+            self.dirty = ids;
+        }
+    }
+
+    /// Polls this session on the next drive.
+    fn mark(&mut self, id: ParticipantId) {
+        if let Some(p) = self.participants.get_mut(&id) {
+            p.mark_dirty(id, &mut self.dirty);
         }
     }
 
@@ -1076,6 +1137,7 @@ impl Sfu {
                     && !s.tracks_out.iter().any(|t| t.source == track)
                 {
                     s.tracks_out.push(TrackOut::new(track, kind));
+                    s.mark_dirty(*sid, &mut self.dirty);
                 }
             }
         }
@@ -1154,6 +1216,7 @@ impl Sfu {
                 Ok(()) => {
                     t.frames += 1;
                     t.last_out = Some((time.numer(), data.network_time));
+                    s.mark_dirty(*sid, &mut self.dirty);
                 }
                 Err(e) => {
                     self.counters.write_errors += 1;
@@ -1190,6 +1253,7 @@ impl Sfu {
             return;
         }
         t.last_keyframe_request.insert(ask.rid, now);
+        p.mark_dirty(ask.track.publisher, &mut self.dirty);
         p.kf_forwarded += 1;
         self.counters.keyframe_requests_forwarded += 1;
         let event = Event::KeyframeRequested {
@@ -1218,6 +1282,14 @@ fn session_error(e: &RtcError) -> SessionError {
 }
 
 impl Participant {
+    /// Queues the participant (`id`) on the SFU's dirty list unless it is on it already.
+    fn mark_dirty(&mut self, id: ParticipantId, list: &mut Vec<ParticipantId>) {
+        if !self.dirty {
+            self.dirty = true;
+            list.push(id);
+        }
+    }
+
     /// Undo the state changes of an offer that will not be answered.
     fn rollback_offer(&mut self) {
         for t in &mut self.tracks_out {

@@ -327,6 +327,10 @@ pub struct World {
     pub events: Vec<(Instant, Event)>,
     /// Datagrams the SFU emitted, per destination, with the time.
     pub transmitted: Vec<(Instant, SocketAddr)>,
+    /// How often the SFU asked to be woken (`Output::Timeout`), and how often for a time
+    /// that was already due.
+    pub timeouts_returned: u64,
+    pub timeouts_already_due: u64,
     pub media: bool,
     /// The SFU's answers to each client's first offer.
     pub answers: Vec<String>,
@@ -344,6 +348,8 @@ impl World {
             start: now,
             sfu,
             sfu_timeout: now,
+            timeouts_returned: 0,
+            timeouts_already_due: 0,
             clients: Vec::new(),
             net: Net::new(seed),
             events: Vec::new(),
@@ -417,6 +423,10 @@ impl World {
                     self.events.push((self.now, e));
                 }
                 Output::Timeout(t) => {
+                    self.timeouts_returned += 1;
+                    if t <= self.now {
+                        self.timeouts_already_due += 1;
+                    }
                     self.sfu_timeout = t;
                     break;
                 }

@@ -191,3 +191,26 @@ fn simulcast_subscriber_receives_one_layer() {
     assert!(got > sent / 2, "frames flow: {got} of {sent}");
     assert!(got <= sent + 2, "one layer, not three: {got} > {sent}");
 }
+
+/// str0m's pacer wants a timeout after every packet it releases. The core runs timers that
+/// are already due itself: handing `Timeout(now)` back per packet costs the server a wakeup
+/// per packet, and with a 1 ms timer it throttled forwarding until queues collapsed.
+#[test]
+fn due_timers_run_inside_the_core_instead_of_bouncing_to_the_caller() {
+    let mut w = World::new(seed("due_timers"));
+    for _ in 0..4 {
+        w.join(AV);
+    }
+    w.run_for(Duration::from_secs(3));
+    let (returned, due) = (w.timeouts_returned, w.timeouts_already_due);
+    w.run_for(Duration::from_secs(5));
+    let returned = w.timeouts_returned - returned;
+    let due = w.timeouts_already_due - due;
+    let forwarded = w.client(1).video_frames_from(w.id(0));
+    assert!(forwarded > 100, "media flows ({forwarded} frames)");
+    assert!(returned > 0);
+    assert_eq!(
+        due, 0,
+        "{due} of {returned} timeouts handed back to the caller were already due"
+    );
+}
