@@ -32,6 +32,10 @@ pub async fn upgrade(
     Ok(ws
         .max_message_size(MAX_WS_MESSAGE + 64 * 1024)
         .max_frame_size(MAX_WS_MESSAGE + 64 * 1024)
+        // Signaling is small and bursty: 16 KiB buffers instead of 128 KiB each way keep
+        // a participant's socket cheap (larger messages still arrive, in more reads).
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(16 * 1024)
         .on_upgrade(move |socket| async move {
             let mut s = Socket::new(app, ip, authed);
             s.run(socket).await;

@@ -25,6 +25,13 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
 /// back to the caller with `Timeout(now)`.
 const MAX_INLINE_ROUNDS: usize = 64;
 
+/// Upper bound of packets kept per forwarded stream for retransmission (the age bound,
+/// [`SfuConfig::retransmission_history`], is what limits it below about 8 Mbit/s).
+const RTX_MAX_PACKETS: usize = 1000;
+
+/// Retransmissions may use at most this share of a stream's rate (str0m's default).
+const RTX_RATIO_CAP: f32 = 0.15;
+
 /// A datagram from the server's UDP socket.
 #[derive(Debug)]
 pub enum Input<'a> {
@@ -539,9 +546,13 @@ impl Sfu {
             self.mark(id);
             return Err(e);
         }
+        let history = self.config.retransmission_history;
         for t in &mut p.tracks_out {
             if let OutState::Negotiating(m) = t.state {
                 t.state = OutState::Open(m);
+                if let Some(tx) = p.rtc.direct_api().stream_tx_by_mid(m, None) {
+                    tx.set_rtx_cache(RTX_MAX_PACKETS, history, Some(RTX_RATIO_CAP));
+                }
                 if t.kind == MediaKind::Video {
                     // A new receiver cannot decode until the next keyframe.
                     self.keyframes_wanted.push(KeyframeAsk {
