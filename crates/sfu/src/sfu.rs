@@ -29,6 +29,12 @@ const MAX_INLINE_ROUNDS: usize = 64;
 /// [`SfuConfig::retransmission_history`], is what limits it below about 8 Mbit/s).
 const RTX_MAX_PACKETS: usize = 1000;
 
+/// Capacity of a transmit buffer: str0m's largest datagram.
+const TRANSMIT_BUFFER_CAPACITY: usize = 1500;
+
+/// Spare transmit buffers kept for reuse (what one drain of a large meeting produces).
+const MAX_SPARE_BUFFERS: usize = 1024;
+
 /// Retransmissions may use at most this share of a stream's rate (str0m's default).
 const RTX_RATIO_CAP: f32 = 0.15;
 
@@ -187,6 +193,8 @@ pub struct Counters {
     pub keyframe_requests_forwarded: u64,
     /// Keyframe requests dropped by the per-stream throttle.
     pub keyframe_requests_throttled: u64,
+    /// Datagram buffers allocated for transmits (the rest were recycled).
+    pub transmit_buffers_allocated: u64,
 }
 
 /// State of one track a participant receives.
@@ -354,6 +362,10 @@ pub struct Sfu {
     keyframes_wanted: Vec<KeyframeAsk>,
     /// Participants with `dirty` set, in the order they became dirty.
     dirty: Vec<ParticipantId>,
+    /// Layer ranking of the frame being forwarded (reused: no allocation per frame).
+    ranked_scratch: Vec<(Rid, Option<u64>)>,
+    /// Datagram buffers handed back with [`Sfu::recycle`], reused for the next transmits.
+    buffers: Vec<Vec<u8>>,
     counters: Counters,
     last_now: Option<Instant>,
 }
@@ -376,6 +388,8 @@ impl Sfu {
             queue: VecDeque::new(),
             keyframes_wanted: Vec::new(),
             dirty: Vec::new(),
+            ranked_scratch: Vec::new(),
+            buffers: Vec::new(),
             counters: Counters::default(),
             last_now: None,
         })
@@ -767,6 +781,16 @@ impl Sfu {
         self.pairs.get(&(remote, local)).copied()
     }
 
+    /// Hands the buffer of a sent [`Output::Transmit`] back for reuse, so that steady
+    /// forwarding allocates nothing per datagram. Optional: a dropped buffer is just freed.
+    pub fn recycle(&mut self, mut contents: Vec<u8>) {
+        if self.buffers.len() < MAX_SPARE_BUFFERS && contents.capacity() >= TRANSMIT_BUFFER_CAPACITY
+        {
+            contents.clear();
+            self.buffers.push(contents);
+        }
+    }
+
     /// Datagram and keyframe counters.
     pub fn counters(&self) -> &Counters {
         &self.counters
@@ -994,7 +1018,15 @@ impl Sfu {
                     return;
                 }
                 str0m::Output::Transmit(t) => {
-                    let contents = t.contents.to_vec();
+                    let mut contents = match self.buffers.pop() {
+                        Some(b) => b,
+                        None => {
+                            self.counters.transmit_buffers_allocated += 1;
+                            Vec::with_capacity(TRANSMIT_BUFFER_CAPACITY)
+                        }
+                    };
+                    contents.clear();
+                    contents.extend_from_slice(&t.contents);
                     if demux::is_binding_success(&contents) {
                         // str0m answered an authenticated binding request: the pair is
                         // proven (RFC 8445 §7.3), bind it.
@@ -1167,12 +1199,14 @@ impl Sfu {
             return;
         };
         let room = src.config.room;
-        let ranked = src
-            .tracks_in
-            .iter()
-            .find(|t| t.mid == data.mid)
-            .filter(|t| t.simulcast)
-            .map(|t| t.meter.ranked(data.network_time));
+        let mut ranked = std::mem::take(&mut self.ranked_scratch);
+        let simulcast = match src.tracks_in.iter().find(|t| t.mid == data.mid) {
+            Some(t) if t.simulcast => {
+                t.meter.rank_into(data.network_time, &mut ranked);
+                true
+            }
+            _ => false,
+        };
         let track = TrackId {
             publisher,
             mid: data.mid,
@@ -1181,7 +1215,7 @@ impl Sfu {
             if *sid == publisher || s.config.room != room {
                 continue;
             }
-            let (audio, video) = s.open_counts();
+            let (audio, video) = if simulcast { s.open_counts() } else { (0, 0) };
             let estimate = s.estimate_bps;
             let Some(t) = s.tracks_out.iter_mut().find(|t| t.source == track) else {
                 continue;
@@ -1190,9 +1224,9 @@ impl Sfu {
                 continue;
             };
             let mut time = data.time;
-            if let (Some(rid), Some(ranked)) = (data.rid, ranked.as_ref()) {
+            if let (Some(rid), true) = (data.rid, simulcast) {
                 t.target =
-                    simulcast::choose(ranked, simulcast::video_share(estimate, audio, video));
+                    simulcast::choose(&ranked, simulcast::video_share(estimate, audio, video));
                 if t.current != Some(rid) {
                     if t.target == Some(rid) {
                         if data.is_keyframe() {
@@ -1235,6 +1269,7 @@ impl Sfu {
                 }
             }
         }
+        self.ranked_scratch = ranked;
     }
 
     /// Passes a keyframe request to the publisher unless one went to the same stream within

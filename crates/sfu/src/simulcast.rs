@@ -75,15 +75,23 @@ impl LayerMeter {
     /// Layers that are alive at `now`, lowest rate first. A layer the publisher paused (CPU or
     /// bandwidth adaptation) stops counting after [`STALE`]: otherwise a subscriber targeting it
     /// would wait forever for its keyframe and receive nothing.
+    #[cfg(test)]
     pub(crate) fn ranked(&self, now: Instant) -> Vec<(Rid, Option<u64>)> {
-        let mut v: Vec<(Rid, Option<u64>)> = self
-            .layers
-            .iter()
-            .filter(|l| now.saturating_duration_since(l.last_seen) < STALE)
-            .map(|l| (l.rid, l.bps))
-            .collect();
-        v.sort_by_key(|(_, bps)| bps.unwrap_or(u64::MAX));
+        let mut v = Vec::new();
+        self.rank_into(now, &mut v);
         v
+    }
+
+    /// [`LayerMeter::ranked`] into a buffer the caller reuses (called per forwarded frame).
+    pub(crate) fn rank_into(&self, now: Instant, out: &mut Vec<(Rid, Option<u64>)>) {
+        out.clear();
+        out.extend(
+            self.layers
+                .iter()
+                .filter(|l| now.saturating_duration_since(l.last_seen) < STALE)
+                .map(|l| (l.rid, l.bps)),
+        );
+        out.sort_by_key(|(_, bps)| bps.unwrap_or(u64::MAX));
     }
 }
 

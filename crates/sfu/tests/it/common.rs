@@ -407,9 +407,11 @@ impl World {
                         Packet {
                             from: source,
                             to: destination,
-                            data: contents,
+                            data: contents.clone(),
                         },
                     );
+                    // As the server does once the datagram is on the socket.
+                    self.sfu.recycle(contents);
                 }
                 Output::Event(e) => {
                     if let Event::Offer { participant, sdp } = &e {
