@@ -2,13 +2,19 @@
 # sealroom's SFU against Janus Gateway 1.1.2 (VideoRoom), same load, side by side.
 #
 #   bench/sfu-vs-janus.sh [sealroom-bench flags]     # e.g. --sizes 4,8,12 --seconds 10
+#   bench/sfu-vs-janus.sh --scenarios audio,video,join,capacity   # everything
 #   bench/sfu-vs-janus.sh --help                     # every flag
 #
 # Installs Janus from Debian's packages if it is missing (and checks it is 1.1.2), builds the
 # release binaries, then runs target/release/sealroom-bench, which makes a network namespace
 # for the run (Janus needs a non-loopback interface), pins each SFU to one core and the load to
-# another, and prints the table. It writes bench/results/latest.md and latest.csv.
-# Needs root and 2 cores; run it on an otherwise idle machine (it warns when it is not).
+# another, and prints the table. It writes bench/results/latest.md, latest.csv and the plots
+# (efficiency.png, delay.png; capacity.png with the capacity scenarios). The default scenarios
+# take about 5 minutes; `capacity` (the largest meeting within 1 % p99 stream loss and 10 ms
+# p99 added delay, for audio and video, each SFU, then latency at 50 % and 90 % of it; see
+# --max-n, --capacity-seconds) is opt-in and adds roughly 10-15 minutes.
+# Where the time per packet goes: bench/profile.sh. Needs root and 2 cores; run it on an
+# otherwise idle machine (it warns when it is not).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -13,12 +13,15 @@
 //! **Main loop**: for every scenario, for every SFU: start the SFU pinned to its core, join
 //! the participants, let media settle, read the SFU's CPU time and UDP counters, let media
 //! run for the measured window, read them again, collect every participant's record of sent
-//! and received frames, stop. Then print one table (sealroom, Janus, ratio).
+//! and received frames, stop. The capacity scenarios repeat this at the sizes [`capacity`]
+//! asks for. Then print one table (sealroom, Janus, ratio) and write it, a CSV and the plots.
 
 #![forbid(unsafe_code)]
 
+mod capacity;
 mod janus;
 mod peer;
+mod plot;
 mod report;
 mod sealroom;
 mod stamp;
@@ -27,7 +30,7 @@ mod system;
 use anyhow::{bail, Context};
 use clap::Parser;
 use peer::{PeerConfig, PeerHandle, PeerReport};
-use report::{JoinResult, Outcome, Traffic};
+use report::{CapacityResult, JoinResult, Outcome, Role, Traffic, Trial};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -54,7 +57,8 @@ struct Args {
     /// Media runs this long after everyone receives before the window opens, seconds.
     #[arg(long, default_value_t = 3)]
     warmup: u64,
-    /// Which scenario groups to run.
+    /// Which scenario groups to run. `capacity` (the largest meeting within the limits, and
+    /// latency at 50 % and 90 % of it) is not in the default: it adds about 10-15 minutes.
     #[arg(
         long,
         value_enum,
@@ -62,6 +66,13 @@ struct Args {
         default_value = "audio,video,join"
     )]
     scenarios: Vec<Group>,
+    /// Largest meeting the capacity search tries.
+    #[arg(long, default_value_t = 48)]
+    max_n: usize,
+    /// Length of the measured window of each capacity search trial, seconds (the latency
+    /// measurements at 50 % and 90 % of capacity use `--seconds`).
+    #[arg(long, default_value_t = 5)]
+    capacity_seconds: u64,
     /// Participants of the join-time scenarios (one by one, and all at once).
     #[arg(long, default_value_t = 8)]
     join_n: usize,
@@ -96,7 +107,8 @@ struct Args {
     /// Run on loopback without a network namespace (sealroom only: Janus needs one).
     #[arg(long)]
     loopback: bool,
-    /// Write latest.md and latest.csv here (default: bench/results, none for --smoke).
+    /// Write latest.md, latest.csv and the PNG plots here (default: bench/results). --smoke
+    /// writes nothing unless this is given, and never plots.
     #[arg(long)]
     out: Option<PathBuf>,
 }
@@ -109,6 +121,9 @@ enum Group {
     Video,
     /// Join time to the first remote frame.
     Join,
+    /// The largest audio and video meetings within the loss and delay limits, and latency
+    /// at 50 % and 90 % of them.
+    Capacity,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -306,10 +321,16 @@ async fn all_receiving(ps: &[Participant], streams: usize, within: Duration) -> 
     }
 }
 
-/// Forwarding: N participants publish and receive each other for the window.
-async fn traffic(env: &Env, which: Which, n: usize, video: bool) -> anyhow::Result<Traffic> {
+/// Forwarding: N participants publish and receive each other for a window of `seconds`.
+async fn traffic(
+    env: &Env,
+    which: Which,
+    n: usize,
+    video: bool,
+    seconds: u64,
+) -> anyhow::Result<Traffic> {
     let mut server = env.start(which).await?;
-    let result = traffic_on(env, &mut server, n, video).await;
+    let result = traffic_on(env, &mut server, n, video, seconds).await;
     server.stop().await;
     result
 }
@@ -319,6 +340,7 @@ async fn traffic_on(
     server: &mut Server,
     n: usize,
     video: bool,
+    seconds: u64,
 ) -> anyhow::Result<Traffic> {
     let pid = server.pid();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -336,7 +358,9 @@ async fn traffic_on(
     let me = std::process::id();
     let dgrams = |ps: &[Participant]| ps.iter().map(Participant::datagrams).sum::<u64>();
     let (s0, l0, d0) = (ProcSample::read(pid)?, ProcSample::read(me)?, dgrams(&ps));
-    tokio::time::sleep(Duration::from_secs(env.args.seconds)).await;
+    // bench/profile.sh waits for this line to attach perf to the SFU for the window.
+    eprintln!("  window: {seconds} s, SFU pid {pid}");
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
     let (s1, l1, d1) = (ProcSample::read(pid)?, ProcSample::read(me)?, dgrams(&ps));
     if let Some((i, e)) = ps
         .iter()
@@ -362,6 +386,46 @@ async fn traffic_on(
         (l0, l1),
         d1.saturating_sub(d0),
     ))
+}
+
+/// The capacity search for one SFU and media kind ([`capacity`]): a fresh SFU for every
+/// size it asks for, then latency at the sizes closest to 50 % and 90 % of the capacity's
+/// egress packet rate.
+async fn capacity_search(
+    env: &Env,
+    which: Which,
+    video: bool,
+    direct_p99_ms: Option<f64>,
+) -> CapacityResult {
+    let mut search = capacity::Search::new(env.args.max_n);
+    let mut trials = Vec::new();
+    while let Some((n, phase)) = search.next() {
+        let role = Role::Search(phase);
+        eprintln!(" N={n} ({}) …", role.describe());
+        let r = traffic(env, which, n, video, env.args.capacity_seconds).await;
+        let trial = Trial::new(n, role, r, direct_p99_ms);
+        eprintln!("  {}", trial.verdict.describe());
+        search.record(n, trial.verdict.pass());
+        trials.push(trial);
+    }
+    if let Some(cap) = search.capacity() {
+        for share in capacity::LOAD_POINTS {
+            let n = capacity::size_at_share(cap, share);
+            let role = Role::Share(share);
+            eprintln!(" N={n} ({}) …", role.describe());
+            let r = traffic(env, which, n, video, env.args.seconds).await;
+            let trial = Trial::new(n, role, r, direct_p99_ms);
+            eprintln!("  {}", trial.verdict.describe());
+            trials.push(trial);
+        }
+    }
+    CapacityResult {
+        video,
+        max_n: env.args.max_n,
+        capacity: search.capacity(),
+        reached_max: search.reached_max(),
+        trials,
+    }
 }
 
 /// Join time to the first remote frame: one by one, or all at once; `rounds` times, each on
@@ -499,9 +563,14 @@ fn run(args: &mut Args) -> anyhow::Result<std::process::ExitCode> {
         args.warmup = 1;
         args.join_n = 2;
         args.join_rounds = 1;
+        args.max_n = 2;
+        args.capacity_seconds = 3;
     }
-    if args.sizes.iter().any(|n| *n < 2) || args.join_n < 2 {
+    if args.sizes.iter().any(|n| *n < 2) || args.join_n < 2 || args.max_n < 2 {
         bail!("meetings need at least 2 participants");
+    }
+    if args.seconds == 0 || args.capacity_seconds == 0 {
+        bail!("measured windows need at least 1 s");
     }
     let prefix: Vec<u8> = args
         .subnet
@@ -582,7 +651,8 @@ fn run(args: &mut Args) -> anyhow::Result<std::process::ExitCode> {
         if let (true, Err(e)) = (forwarding, &direct) {
             eprintln!("baseline failed: {e:#}");
         }
-        (scenarios(&env, &which).await, direct.ok())
+        let direct = direct.ok();
+        (scenarios(&env, &which, direct).await, direct)
     });
     let ctx = report::Context {
         topology: env.net.describe(),
@@ -601,6 +671,7 @@ fn run(args: &mut Args) -> anyhow::Result<std::process::ExitCode> {
         warmup: args.warmup,
         janus_event_loops: args.janus_event_loops,
         join_rounds: args.join_rounds,
+        capacity_seconds: args.capacity_seconds,
         command: std::env::args().collect::<Vec<_>>().join(" "),
         direct_delay_ms: direct,
         smoke: args.smoke,
@@ -614,8 +685,13 @@ fn run(args: &mut Args) -> anyhow::Result<std::process::ExitCode> {
     if let Some(dir) = out {
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("latest.md"), &md)?;
-        std::fs::write(dir.join("latest.csv"), report::csv(&results))?;
+        std::fs::write(dir.join("latest.csv"), report::csv(&results, direct))?;
         eprintln!("wrote {}/latest.md and latest.csv", dir.display());
+        if !args.smoke {
+            for name in plot::write_all(&dir, &results, direct)? {
+                eprintln!("wrote {}/{name}", dir.display());
+            }
+        }
     }
     drop(env);
     let failed: Vec<&Outcome> = results.iter().filter(|r| r.failed()).collect();
@@ -626,7 +702,7 @@ fn run(args: &mut Args) -> anyhow::Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-async fn scenarios(env: &Env, which: &[Which]) -> Vec<Outcome> {
+async fn scenarios(env: &Env, which: &[Which], direct: Option<(f64, f64)>) -> Vec<Outcome> {
     let mut out = Vec::new();
     let label = |w: Which| match w {
         Which::Janus => "janus",
@@ -644,7 +720,7 @@ async fn scenarios(env: &Env, which: &[Which]) -> Vec<Outcome> {
             for &w in which {
                 let name = format!("{} N={n}", if video { "video" } else { "audio" });
                 eprintln!("{name}: {} …", label(w));
-                let r = traffic(env, w, n, video).await;
+                let r = traffic(env, w, n, video, env.args.seconds).await;
                 if let Err(e) = &r {
                     eprintln!("  failed: {e:#}");
                 }
@@ -663,6 +739,15 @@ async fn scenarios(env: &Env, which: &[Which]) -> Vec<Outcome> {
                 eprintln!("  failed: {e:#}");
             }
             out.push(Outcome::join(name, label(w), r));
+        }
+    }
+    let capacity_wanted = env.args.scenarios.contains(&Group::Capacity);
+    for video in [false, true].into_iter().filter(|_| capacity_wanted) {
+        for &w in which {
+            let name = format!("{} capacity", if video { "video" } else { "audio" });
+            eprintln!("{name}: {} …", label(w));
+            let c = capacity_search(env, w, video, direct.map(|d| d.1)).await;
+            out.push(Outcome::capacity(name, label(w), c));
         }
     }
     out

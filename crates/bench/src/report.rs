@@ -1,6 +1,7 @@
 //! Figures from what the peers recorded and what the kernel counted, and the report: a
 //! markdown table (sealroom, Janus, ratio) and a CSV with every number.
 
+use crate::capacity::{self, Phase, Verdict};
 use crate::peer::PeerReport;
 use crate::stamp::Kind;
 use crate::system::ProcSample;
@@ -33,6 +34,10 @@ pub struct Traffic {
     pub frames_expected: u64,
     pub frames_received: u64,
     pub worst_stream_loss: f64,
+    /// 99th percentile, nearest rank, of the loss of every (receiver, publisher stream)
+    /// pair: the share of the frames a publisher sent on one stream (audio or video) in the
+    /// window that one receiver did not get.
+    pub stream_loss_p99: f64,
     pub delay_p50_ms: f64,
     pub delay_p99_ms: f64,
     pub delay_max_ms: f64,
@@ -78,6 +83,42 @@ impl Traffic {
     pub fn mem_per_participant_kib(&self) -> f64 {
         self.rss_kib.saturating_sub(self.rss_idle_kib) as f64 / self.n as f64
     }
+
+    /// A clean 5 s measurement of an N-by-N meeting for tests: no loss, 1 ms p99 delay,
+    /// 100 audio packets per second per stream, 10 % SFU CPU, 20 % load CPU.
+    #[cfg(test)]
+    pub fn example(n: usize, video: bool) -> Traffic {
+        let streams = (n * (n - 1)) as u64;
+        Traffic {
+            n,
+            video,
+            seconds: 5.0,
+            sfu_cpu_s: 0.5,
+            load_cpu_s: 1.0,
+            other_cpu_s: 0.0,
+            media_packets: streams * 500,
+            udp_out: streams * 520,
+            frames_expected: streams * 250,
+            frames_received: streams * 250,
+            worst_stream_loss: 0.0,
+            stream_loss_p99: 0.0,
+            delay_p50_ms: 0.5,
+            delay_p99_ms: 1.0,
+            delay_max_ms: 2.0,
+            rss_idle_kib: 10_000,
+            rss_kib: 20_000,
+            socket_drops: 0,
+            unstamped: 0,
+            keyframe_requests: 0,
+        }
+    }
+}
+
+/// Delay the SFU adds: a quantile of the measured delay minus the same quantile without an
+/// SFU (`direct`, one publisher straight to one subscriber). Without that baseline the
+/// whole measured delay counts, which overstates what the SFU adds.
+pub fn added_delay_ms(measured: f64, direct: Option<f64>) -> f64 {
+    measured - direct.unwrap_or(0.0)
 }
 
 /// `p`-quantile of sorted values by nearest rank.
@@ -125,6 +166,7 @@ pub fn traffic(
         frames_expected: 0,
         frames_received: 0,
         worst_stream_loss: 0.0,
+        stream_loss_p99: f64::NAN,
         delay_p50_ms: f64::NAN,
         delay_p99_ms: f64::NAN,
         delay_max_ms: f64::NAN,
@@ -138,6 +180,7 @@ pub fn traffic(
         keyframe_requests: 0,
     };
     let mut delays = Vec::new();
+    let mut stream_losses = Vec::new();
     for (r, peers) in reports.iter().enumerate() {
         let r = r as u32;
         let mut got: HashMap<(u32, Kind), u64> = HashMap::new();
@@ -161,9 +204,13 @@ pub fn traffic(
             let g = got.get(&(from, kind)).copied().unwrap_or(0).min(expected);
             t.frames_expected += expected;
             t.frames_received += g;
-            t.worst_stream_loss = t.worst_stream_loss.max(1.0 - g as f64 / expected as f64);
+            let loss = 1.0 - g as f64 / expected as f64;
+            t.worst_stream_loss = t.worst_stream_loss.max(loss);
+            stream_losses.push(loss);
         }
     }
+    stream_losses.sort_by(|a, b| a.total_cmp(b));
+    t.stream_loss_p99 = quantile(&stream_losses, 0.99);
     delays.sort_by(|a, b| a.total_cmp(b));
     t.delay_p50_ms = quantile(&delays, 0.50);
     t.delay_p99_ms = quantile(&delays, 0.99);
@@ -192,10 +239,113 @@ impl JoinResult {
     }
 }
 
+/// What a capacity trial was for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Role {
+    /// A step of the search.
+    Search(Phase),
+    /// Latency at the size closest to this share of the capacity's egress packet rate.
+    Share(f64),
+}
+
+impl Role {
+    pub fn describe(&self) -> String {
+        match self {
+            Role::Search(Phase::Grow) => "grow".into(),
+            Role::Search(Phase::Bisect) => "bisect".into(),
+            Role::Share(s) => format!("{:.0} % of capacity", 100.0 * s),
+        }
+    }
+}
+
+/// One meeting of a capacity search, each on a fresh SFU.
+#[derive(Debug, Clone)]
+pub struct Trial {
+    pub n: usize,
+    pub role: Role,
+    pub result: Result<Traffic, String>,
+    pub verdict: Verdict,
+}
+
+impl Trial {
+    /// A trial and its verdict against the limits (an error fails).
+    pub fn new(
+        n: usize,
+        role: Role,
+        result: anyhow::Result<Traffic>,
+        direct_p99_ms: Option<f64>,
+    ) -> Trial {
+        let result = result.map_err(|e| format!("{e:#}"));
+        let verdict = match &result {
+            Ok(t) => capacity::verdict(t, direct_p99_ms),
+            Err(e) => Verdict {
+                reasons: vec![format!("failed: {e}")],
+            },
+        };
+        Trial {
+            n,
+            role,
+            result,
+            verdict,
+        }
+    }
+
+    fn traffic(&self) -> Option<&Traffic> {
+        self.result.as_ref().ok()
+    }
+}
+
+/// The largest meeting one SFU sustains within the limits, every trial of the search, and
+/// the measurements at shares of it.
+#[derive(Debug, Clone)]
+pub struct CapacityResult {
+    pub video: bool,
+    pub max_n: usize,
+    /// The largest size that passed (`None`: not even 2).
+    pub capacity: Option<usize>,
+    /// Every size up to `max_n` passed: the capacity is at least `max_n`.
+    pub reached_max: bool,
+    pub trials: Vec<Trial>,
+}
+
+impl CapacityResult {
+    /// The search's measurement at the capacity.
+    pub fn at_capacity(&self) -> Option<&Traffic> {
+        let n = self.capacity?;
+        self.trials
+            .iter()
+            .find(|t| t.n == n && matches!(t.role, Role::Search(_)) && t.verdict.pass())
+            .and_then(Trial::traffic)
+    }
+
+    /// The smallest size of the search that failed.
+    pub fn first_failure(&self) -> Option<&Trial> {
+        self.trials
+            .iter()
+            .filter(|t| matches!(t.role, Role::Search(_)) && !t.verdict.pass())
+            .min_by_key(|t| t.n)
+    }
+
+    /// The load process used more than [`capacity::LOAD_BOUND_CPU_PCT`] of its core at the
+    /// capacity or at the first failure: the load, not the SFU, may be what limited it.
+    pub fn load_bound(&self) -> bool {
+        let busy = |t: Option<&Traffic>| {
+            t.is_some_and(|t| t.load_cpu_pct() > capacity::LOAD_BOUND_CPU_PCT)
+        };
+        busy(self.at_capacity()) || busy(self.first_failure().and_then(Trial::traffic))
+    }
+
+    /// The measurement at `share` of the capacity.
+    pub fn at_share(&self, share: f64) -> Option<&Trial> {
+        self.trials.iter().find(|t| t.role == Role::Share(share))
+    }
+}
+
 #[derive(Debug)]
 pub enum Data {
     Traffic(Traffic),
     Join(JoinResult),
+    Capacity(CapacityResult),
 }
 
 /// One scenario on one SFU, or why it failed.
@@ -223,12 +373,24 @@ impl Outcome {
         }
     }
 
+    pub fn capacity(scenario: String, sfu: &'static str, c: CapacityResult) -> Outcome {
+        Outcome {
+            scenario,
+            sfu,
+            data: Ok(Data::Capacity(c)),
+        }
+    }
+
     /// The pipeline did not work: an error, or no media at all.
     pub fn failed(&self) -> bool {
         match &self.data {
             Err(_) => true,
             Ok(Data::Traffic(t)) => t.frames_received == 0,
             Ok(Data::Join(j)) => j.times_ms.is_empty(),
+            Ok(Data::Capacity(c)) => !c
+                .trials
+                .iter()
+                .any(|t| t.traffic().is_some_and(|t| t.frames_received > 0)),
         }
     }
 }
@@ -242,6 +404,8 @@ pub struct Context {
     pub warmup: u64,
     pub janus_event_loops: u32,
     pub join_rounds: usize,
+    /// Window of each capacity search trial, seconds.
+    pub capacity_seconds: u64,
     pub command: String,
     pub smoke: bool,
     /// Delay p50 and p99 of a direct publisher → subscriber connection (no SFU), ms.
@@ -256,11 +420,13 @@ fn num(v: f64, decimals: usize) -> String {
     }
 }
 
-/// Whether a smaller value is better, for the ratio column's note.
+/// Which way is better, for the ratio column's note.
 #[derive(Clone, Copy)]
 enum Better {
     Higher,
     Lower,
+    /// A condition of the measurement (a size, the load's CPU), not a score.
+    Neither,
 }
 
 struct Row {
@@ -268,79 +434,78 @@ struct Row {
     metric: &'static str,
     better: Better,
     decimals: usize,
-    /// Value and a mark (†: above the loss limit) per SFU.
-    values: HashMap<&'static str, (f64, &'static str)>,
+    /// Value and a mark (†, ‡, +: see the notes under the table) per SFU.
+    values: HashMap<&'static str, (f64, String)>,
     errors: HashMap<&'static str, String>,
 }
 
-fn headline_rows(results: &[Outcome]) -> Vec<Row> {
-    type Metric = (
-        &'static str,
-        Better,
-        usize,
-        fn(&Data) -> Option<(f64, &'static str)>,
-    );
-    let traffic_metrics: [Metric; 6] = [
+impl Row {
+    fn new(scenario: String, metric: &'static str, better: Better, decimals: usize) -> Row {
+        Row {
+            scenario,
+            metric,
+            better,
+            decimals,
+            values: HashMap::new(),
+            errors: HashMap::new(),
+        }
+    }
+}
+
+/// A figure: its name, which way is better, decimals, and how to read it (value and mark).
+type Metric<T> = (
+    &'static str,
+    Better,
+    usize,
+    fn(&T, Option<(f64, f64)>) -> Option<(f64, String)>,
+);
+
+fn plain(v: f64) -> Option<(f64, String)> {
+    Some((v, String::new()))
+}
+
+fn headline_rows(results: &[Outcome], direct: Option<(f64, f64)>) -> Vec<Row> {
+    let traffic_metrics: [Metric<Traffic>; 6] = [
         (
             "egress media pkt per SFU CPU-s",
             Better::Higher,
             0,
-            |d| match d {
-                Data::Traffic(t) => Some((
-                    t.efficiency(),
-                    if t.loss() > MAX_LOSS_FOR_EFFICIENCY {
-                        " †"
-                    } else {
-                        ""
-                    },
-                )),
-                _ => None,
+            |t, _| {
+                let over = t.loss() > MAX_LOSS_FOR_EFFICIENCY;
+                Some((t.efficiency(), if over { " †" } else { "" }.into()))
             },
         ),
-        ("SFU CPU, % of one core", Better::Lower, 1, |d| match d {
-            Data::Traffic(t) => Some((t.cpu_pct(), "")),
-            _ => None,
+        ("SFU CPU, % of one core", Better::Lower, 1, |t, _| {
+            plain(t.cpu_pct())
         }),
-        ("frame loss %", Better::Lower, 2, |d| match d {
-            Data::Traffic(t) => Some((100.0 * t.loss(), "")),
-            _ => None,
+        ("frame loss %", Better::Lower, 2, |t, _| {
+            plain(100.0 * t.loss())
         }),
-        ("delay p50, ms", Better::Lower, 2, |d| match d {
-            Data::Traffic(t) => Some((t.delay_p50_ms, "")),
-            _ => None,
+        ("delay p50, ms", Better::Lower, 2, |t, _| {
+            plain(t.delay_p50_ms)
         }),
-        ("delay p99, ms", Better::Lower, 2, |d| match d {
-            Data::Traffic(t) => Some((t.delay_p99_ms, "")),
-            _ => None,
+        ("delay p99, ms", Better::Lower, 2, |t, _| {
+            plain(t.delay_p99_ms)
         }),
         (
             "SFU memory per participant, KiB",
             Better::Lower,
             0,
-            |d| match d {
-                Data::Traffic(t) => Some((t.mem_per_participant_kib(), "")),
-                _ => None,
-            },
+            |t, _| plain(t.mem_per_participant_kib()),
         ),
     ];
-    let join_metrics: [Metric; 2] = [
+    let join_metrics: [Metric<JoinResult>; 2] = [
         (
             "join → first remote frame p50, ms",
             Better::Lower,
             0,
-            |d| match d {
-                Data::Join(j) => Some((j.p50(), "")),
-                _ => None,
-            },
+            |j, _| plain(j.p50()),
         ),
         (
             "join → first remote frame p95, ms",
             Better::Lower,
             0,
-            |d| match d {
-                Data::Join(j) => Some((j.p95(), "")),
-                _ => None,
-            },
+            |j, _| plain(j.p95()),
         ),
     ];
     let mut scenarios: Vec<&str> = Vec::new();
@@ -352,35 +517,175 @@ fn headline_rows(results: &[Outcome]) -> Vec<Row> {
     let mut rows = Vec::new();
     for s in scenarios {
         let of: Vec<&Outcome> = results.iter().filter(|r| r.scenario == s).collect();
-        let is_join = s.starts_with("join");
-        let metrics: &[Metric] = if is_join {
-            &join_metrics
+        if of.iter().any(|o| matches!(o.data, Ok(Data::Capacity(_)))) {
+            rows.extend(capacity_rows(s, &of, direct));
+            continue;
+        }
+        let is_join =
+            of.iter().any(|o| matches!(o.data, Ok(Data::Join(_)))) || s.starts_with("join");
+        if is_join {
+            rows.extend(metric_rows(s, &of, &join_metrics, direct, |d| match d {
+                Data::Join(j) => Some(j),
+                _ => None,
+            }));
         } else {
-            &traffic_metrics
-        };
-        for (metric, better, decimals, f) in metrics {
-            let mut row = Row {
-                scenario: s.to_string(),
-                metric,
-                better: *better,
-                decimals: *decimals,
-                values: HashMap::new(),
-                errors: HashMap::new(),
+            rows.extend(metric_rows(s, &of, &traffic_metrics, direct, |d| match d {
+                Data::Traffic(t) => Some(t),
+                _ => None,
+            }));
+        }
+    }
+    rows
+}
+
+/// One row per metric of scenario `s`, a value per SFU from the data `pick` finds.
+fn metric_rows<T>(
+    s: &str,
+    of: &[&Outcome],
+    metrics: &[Metric<T>],
+    direct: Option<(f64, f64)>,
+    pick: fn(&Data) -> Option<&T>,
+) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for (metric, better, decimals, f) in metrics {
+        let mut row = Row::new(s.to_string(), metric, *better, *decimals);
+        for o in of {
+            match &o.data {
+                Ok(d) => {
+                    if let Some(v) = pick(d).and_then(|t| f(t, direct)) {
+                        row.values.insert(o.sfu, v);
+                    }
+                }
+                Err(e) => {
+                    row.errors.insert(o.sfu, e.clone());
+                }
+            }
+        }
+        rows.push(row);
+    }
+    rows
+}
+
+/// Rows of a capacity scenario: the capacity and what it took, then latency at each share.
+fn capacity_rows(scenario: &str, of: &[&Outcome], direct: Option<(f64, f64)>) -> Vec<Row> {
+    let at_capacity: [Metric<CapacityResult>; 7] = [
+        ("largest N within limits", Better::Higher, 0, |c, _| {
+            let mut mark = String::new();
+            if c.reached_max {
+                mark.push('+');
+            }
+            if c.load_bound() {
+                mark.push_str(" ‡");
+            }
+            c.capacity.map(|n| (n as f64, mark))
+        }),
+        (
+            "egress media pkt/s at capacity",
+            Better::Higher,
+            0,
+            |c, _| plain(c.at_capacity()?.media_pps()),
+        ),
+        (
+            "egress media pkt per SFU CPU-s at capacity",
+            Better::Higher,
+            0,
+            |c, _| plain(c.at_capacity()?.efficiency()),
+        ),
+        (
+            "SFU CPU at capacity, % of one core",
+            Better::Neither,
+            1,
+            |c, _| plain(c.at_capacity()?.cpu_pct()),
+        ),
+        (
+            "load CPU at capacity, % of its core",
+            Better::Neither,
+            1,
+            |c, _| plain(c.at_capacity()?.load_cpu_pct()),
+        ),
+        (
+            "p99 stream loss at capacity, %",
+            Better::Lower,
+            2,
+            |c, _| plain(100.0 * c.at_capacity()?.stream_loss_p99),
+        ),
+        (
+            "added delay p99 at capacity, ms",
+            Better::Lower,
+            2,
+            |c, d| {
+                plain(added_delay_ms(
+                    c.at_capacity()?.delay_p99_ms,
+                    d.map(|d| d.1),
+                ))
+            },
+        ),
+    ];
+    let at_share: [Metric<Traffic>; 6] = [
+        ("egress media pkt/s", Better::Neither, 0, |t, _| {
+            plain(t.media_pps())
+        }),
+        ("added delay p50, ms", Better::Lower, 2, |t, d| {
+            plain(added_delay_ms(t.delay_p50_ms, d.map(|d| d.0)))
+        }),
+        ("added delay p99, ms", Better::Lower, 2, |t, d| {
+            plain(added_delay_ms(t.delay_p99_ms, d.map(|d| d.1)))
+        }),
+        ("frame loss %", Better::Lower, 2, |t, _| {
+            plain(100.0 * t.loss())
+        }),
+        ("SFU CPU, % of one core", Better::Lower, 1, |t, _| {
+            plain(t.cpu_pct())
+        }),
+        ("load CPU, % of its core", Better::Neither, 1, |t, _| {
+            plain(t.load_cpu_pct())
+        }),
+    ];
+    let results: Vec<(&'static str, &CapacityResult)> = of
+        .iter()
+        .filter_map(|o| match &o.data {
+            Ok(Data::Capacity(c)) => Some((o.sfu, c)),
+            _ => None,
+        })
+        .collect();
+    let mut rows = Vec::new();
+    for (metric, better, decimals, f) in at_capacity {
+        let mut row = Row::new(scenario.to_string(), metric, better, decimals);
+        for (sfu, c) in &results {
+            if let Some(v) = f(c, direct) {
+                row.values.insert(sfu, v);
+            }
+        }
+        rows.push(row);
+    }
+    let kind = scenario.trim_end_matches(" capacity");
+    for share in capacity::LOAD_POINTS {
+        let name = format!("{kind} at {:.0} % of capacity", 100.0 * share);
+        let mut size = Row::new(name.clone(), "meeting size N", Better::Neither, 0);
+        let mut rest: Vec<Row> = at_share
+            .iter()
+            .map(|(metric, better, decimals, _)| Row::new(name.clone(), metric, *better, *decimals))
+            .collect();
+        for (sfu, c) in &results {
+            let Some(trial) = c.at_share(share) else {
+                continue;
             };
-            for o in &of {
-                match &o.data {
-                    Ok(d) => {
-                        if let Some(v) = f(d) {
-                            row.values.insert(o.sfu, v);
+            size.values.insert(sfu, (trial.n as f64, String::new()));
+            for (row, (_, _, _, f)) in rest.iter_mut().zip(&at_share) {
+                match &trial.result {
+                    Ok(t) => {
+                        if let Some(v) = f(t, direct) {
+                            row.values.insert(sfu, v);
                         }
                     }
                     Err(e) => {
-                        row.errors.insert(o.sfu, e.clone());
+                        row.errors.insert(sfu, e.clone());
                     }
                 }
             }
-            rows.push(row);
         }
+        rows.push(size);
+        rows.extend(rest);
     }
     rows
 }
@@ -428,16 +733,23 @@ pub fn markdown(ctx: &Context, results: &[Outcome]) -> String {
         let _ = writeln!(
             md,
             "Baseline without an SFU (one publisher straight to one subscriber, same \
-             measurement): delay p50 {} ms, p99 {} ms. The delay rows below include it.\n",
+             measurement): delay p50 {} ms, p99 {} ms. The delay rows below include it; the \
+             added delay rows subtract it.\n",
             num(p50, 2),
             num(p99, 2)
         );
+    }
+    let capacities = results
+        .iter()
+        .any(|o| matches!(o.data, Ok(Data::Capacity(_))));
+    if capacities {
+        let _ = writeln!(md, "{}", capacity_method(ctx));
     }
     let _ = writeln!(
         md,
         "| Scenario | Metric | sealroom | Janus | sealroom ÷ Janus |\n|---|---|---:|---:|---:|"
     );
-    for row in headline_rows(results) {
+    for row in headline_rows(results, ctx.direct_delay_ms) {
         let cell = |sfu: &str| match (row.values.get(sfu), row.errors.get(sfu)) {
             (Some((v, mark)), _) => format!("{}{mark}", num(*v, row.decimals)),
             (None, Some(_)) => "failed".into(),
@@ -445,14 +757,11 @@ pub fn markdown(ctx: &Context, results: &[Outcome]) -> String {
         };
         let ratio = match (row.values.get("sealroom"), row.values.get("janus")) {
             (Some((s, _)), Some((j, _))) if *j != 0.0 && s.is_finite() && j.is_finite() => {
-                format!(
-                    "{:.2} ({} is better)",
-                    s / j,
-                    match row.better {
-                        Better::Higher => "higher",
-                        Better::Lower => "lower",
-                    }
-                )
+                match row.better {
+                    Better::Higher => format!("{:.2} (higher is better)", s / j),
+                    Better::Lower => format!("{:.2} (lower is better)", s / j),
+                    Better::Neither => format!("{:.2}", s / j),
+                }
             }
             _ => "—".into(),
         };
@@ -468,15 +777,29 @@ pub fn markdown(ctx: &Context, results: &[Outcome]) -> String {
     }
     let _ = writeln!(
         md,
-        "\n† loss above 0.5 %: the efficiency figure does not meet issue 5's definition.\n"
+        "\n† loss above 0.5 %: the efficiency figure does not meet issue 5's definition."
     );
-    let _ = writeln!(
-        md,
-        "## Details\n\n| Scenario | SFU | SFU CPU % | media pkt/s out | datagrams/s out | \
-         frames received / expected | worst stream loss % | delay max ms | SFU RSS idle → \
-         loaded MiB | load CPU % | other CPU % | socket drops | keyframe requests |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-    );
+    if capacities {
+        let _ = writeln!(
+            md,
+            "+ every size up to `--max-n` passed: the capacity is at least this.  \n\
+             ‡ the load process used more than {:.0} % of its core at the capacity or at the \
+             first size that failed: the load generator, not the SFU, may have been the limit.",
+            capacity::LOAD_BOUND_CPU_PCT
+        );
+    }
+    let fixed = results
+        .iter()
+        .any(|o| !matches!(o.data, Ok(Data::Capacity(_))));
+    if fixed {
+        let _ = writeln!(
+            md,
+            "\n## Details\n\n| Scenario | SFU | SFU CPU % | media pkt/s out | datagrams/s out \
+             | frames received / expected | worst stream loss % | delay max ms | SFU RSS idle \
+             → loaded MiB | load CPU % | other CPU % | socket drops | keyframe requests |\n\
+             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
+    }
     for o in results {
         match &o.data {
             Ok(Data::Traffic(t)) => {
@@ -513,74 +836,336 @@ pub fn markdown(ctx: &Context, results: &[Outcome]) -> String {
                         .join(", ")
                 );
             }
+            // Listed trial by trial below.
+            Ok(Data::Capacity(_)) => {}
             Err(e) => {
-                let e = e.replace('|', "/").replace('\n', " ");
                 let _ = writeln!(
                     md,
-                    "| {} | {} | failed: {e} | | | | | | | | | | |",
-                    o.scenario, o.sfu
+                    "| {} | {} | failed: {} | | | | | | | | | | |",
+                    o.scenario,
+                    o.sfu,
+                    cell_text(e)
                 );
+            }
+        }
+    }
+    if capacities {
+        md.push_str(&capacity_details(results, ctx.direct_delay_ms));
+    }
+    md
+}
+
+/// Text safe inside a markdown table cell.
+fn cell_text(s: &str) -> String {
+    s.replace('|', "/").replace('\n', " ")
+}
+
+/// How the capacity figures are defined and searched for.
+fn capacity_method(ctx: &Context) -> String {
+    format!(
+        "Capacity: the largest N-by-N meeting within the limits, p99 stream loss under {:.0} % \
+         and p99 added delay under {:.0} ms. *p99 stream loss* is the 99th percentile \
+         (nearest rank) over every (receiver, publisher stream) pair — N·(N−1) pairs in an \
+         audio meeting, 2·N·(N−1) in a video meeting, where a publisher's audio and video are \
+         separate streams — of the share of the frames sent on that stream in the window that \
+         the receiver did not get. *Added delay* pN is the pN of the delay of every frame \
+         received in the window minus the pN of the baseline{}. The search tries N = 4, 8, 12, \
+         16, 24, 32, 48 … up to `--max-n` until a size fails, then bisects between the last \
+         pass and the first failure; each trial on a fresh SFU process, media for {} s, then \
+         a {} s window. Latency is then measured, over a {} s window, at the sizes whose \
+         egress packet rate N·(N−1)·(one stream's rate) is closest to 50 % and 90 % of the \
+         capacity's.\n",
+        100.0 * capacity::MAX_STREAM_LOSS_P99,
+        capacity::MAX_ADDED_DELAY_P99_MS,
+        if ctx.direct_delay_ms.is_some() {
+            ""
+        } else {
+            " (the baseline failed in this run: added delay is the whole measured delay)"
+        },
+        ctx.warmup,
+        ctx.capacity_seconds,
+        ctx.seconds,
+    )
+}
+
+/// Every trial of every capacity search.
+fn capacity_details(results: &[Outcome], direct: Option<(f64, f64)>) -> String {
+    let mut md = String::from("\n## Capacity search\n\n");
+    for o in results {
+        let Ok(Data::Capacity(c)) = &o.data else {
+            continue;
+        };
+        let mut line = format!("- {}, {}: ", o.scenario, o.sfu);
+        match c.capacity {
+            Some(n) if c.reached_max => {
+                let _ = write!(line, "every size up to {n} (`--max-n`) passed");
+            }
+            Some(n) => {
+                let _ = write!(line, "capacity N = {n}");
+            }
+            None => line.push_str("no size passed, not even 2"),
+        }
+        if let Some(f) = c.first_failure() {
+            let _ = write!(
+                line,
+                "; first failure at N = {}: {}",
+                f.n,
+                cell_text(&f.verdict.describe())
+            );
+        }
+        if c.load_bound() {
+            let _ = write!(
+                line,
+                "; the load process was above {:.0} % of its core: it may be the limit",
+                capacity::LOAD_BOUND_CPU_PCT
+            );
+        }
+        let _ = writeln!(md, "{line}.");
+    }
+    md.push_str(
+        "\n| Meeting | SFU | N | trial | window s | verdict | p99 stream loss % | worst stream \
+         loss % | added delay p50 / p99 ms | media pkt/s out | SFU CPU % | load CPU % | socket \
+         drops |\n|---|---|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for o in results {
+        let Ok(Data::Capacity(c)) = &o.data else {
+            continue;
+        };
+        for t in &c.trials {
+            let verdict = if t.verdict.pass() {
+                "pass".to_string()
+            } else {
+                cell_text(&t.verdict.describe())
+            };
+            match &t.result {
+                Ok(m) => {
+                    let _ = writeln!(
+                        md,
+                        "| {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {} | {} | {} |",
+                        o.scenario,
+                        o.sfu,
+                        t.n,
+                        t.role.describe(),
+                        num(m.seconds, 1),
+                        verdict,
+                        num(100.0 * m.stream_loss_p99, 2),
+                        num(100.0 * m.worst_stream_loss, 2),
+                        num(added_delay_ms(m.delay_p50_ms, direct.map(|d| d.0)), 2),
+                        num(added_delay_ms(m.delay_p99_ms, direct.map(|d| d.1)), 2),
+                        num(m.media_pps(), 0),
+                        num(m.cpu_pct(), 1),
+                        num(m.load_cpu_pct(), 1),
+                        m.socket_drops,
+                    );
+                }
+                Err(_) => {
+                    let _ = writeln!(
+                        md,
+                        "| {} | {} | {} | {} | | {} | | | | | | | |",
+                        o.scenario,
+                        o.sfu,
+                        t.n,
+                        t.role.describe(),
+                        verdict
+                    );
+                }
             }
         }
     }
     md
 }
 
-pub fn csv(results: &[Outcome]) -> String {
-    let mut out = String::from(
-        "scenario,sfu,n,video,seconds,sfu_cpu_s,sfu_cpu_pct,media_packets,media_pps,udp_out_pps,\
-         media_pkt_per_cpu_s,frames_expected,frames_received,loss_pct,worst_stream_loss_pct,\
-         delay_p50_ms,delay_p99_ms,delay_max_ms,rss_idle_kib,rss_kib,mem_per_participant_kib,\
-         load_cpu_pct,other_cpu_pct,socket_drops,keyframe_requests,join_p50_ms,join_p95_ms,error\n",
-    );
+/// The columns of the CSV, in order.
+const CSV_COLUMNS: [&str; 34] = [
+    "scenario",
+    "sfu",
+    "n",
+    "video",
+    "seconds",
+    "sfu_cpu_s",
+    "sfu_cpu_pct",
+    "media_packets",
+    "media_pps",
+    "udp_out_pps",
+    "media_pkt_per_cpu_s",
+    "frames_expected",
+    "frames_received",
+    "loss_pct",
+    "worst_stream_loss_pct",
+    "delay_p50_ms",
+    "delay_p99_ms",
+    "delay_max_ms",
+    "rss_idle_kib",
+    "rss_kib",
+    "mem_per_participant_kib",
+    "load_cpu_pct",
+    "other_cpu_pct",
+    "socket_drops",
+    "keyframe_requests",
+    "join_p50_ms",
+    "join_p95_ms",
+    "trial",
+    "stream_loss_p99_pct",
+    "added_delay_p50_ms",
+    "added_delay_p99_ms",
+    "within_limits",
+    "note",
+    "error",
+];
+
+/// One CSV line, filled by column name.
+struct CsvRow([String; CSV_COLUMNS.len()]);
+
+impl CsvRow {
+    fn new(scenario: &str, sfu: &str) -> CsvRow {
+        let mut r = CsvRow(std::array::from_fn(|_| String::new()));
+        r.set("scenario", scenario);
+        r.set("sfu", sfu);
+        r
+    }
+
+    fn set(&mut self, column: &str, value: impl ToString) {
+        let i = CSV_COLUMNS.iter().position(|c| *c == column);
+        debug_assert!(i.is_some(), "no CSV column {column}");
+        if let Some(i) = i {
+            self.0[i] = value.to_string();
+        }
+    }
+
+    /// Free text, quoted.
+    fn set_text(&mut self, column: &str, value: &str) {
+        if !value.is_empty() {
+            self.set(
+                column,
+                format!("\"{}\"", value.replace('"', "'").replace('\n', " ")),
+            );
+        }
+    }
+
+    fn traffic(&mut self, t: &Traffic, direct: Option<(f64, f64)>) {
+        self.set("n", t.n);
+        self.set("video", t.video);
+        self.set("seconds", format!("{:.3}", t.seconds));
+        self.set("sfu_cpu_s", format!("{:.3}", t.sfu_cpu_s));
+        self.set("sfu_cpu_pct", format!("{:.2}", t.cpu_pct()));
+        self.set("media_packets", t.media_packets);
+        self.set("media_pps", format!("{:.1}", t.media_pps()));
+        self.set("udp_out_pps", format!("{:.1}", t.udp_out_pps()));
+        self.set("media_pkt_per_cpu_s", format!("{:.0}", t.efficiency()));
+        self.set("frames_expected", t.frames_expected);
+        self.set("frames_received", t.frames_received);
+        self.set("loss_pct", format!("{:.4}", 100.0 * t.loss()));
+        self.set(
+            "worst_stream_loss_pct",
+            format!("{:.4}", 100.0 * t.worst_stream_loss),
+        );
+        self.set("delay_p50_ms", format!("{:.3}", t.delay_p50_ms));
+        self.set("delay_p99_ms", format!("{:.3}", t.delay_p99_ms));
+        self.set("delay_max_ms", format!("{:.3}", t.delay_max_ms));
+        self.set("rss_idle_kib", t.rss_idle_kib);
+        self.set("rss_kib", t.rss_kib);
+        self.set(
+            "mem_per_participant_kib",
+            format!("{:.1}", t.mem_per_participant_kib()),
+        );
+        self.set("load_cpu_pct", format!("{:.2}", t.load_cpu_pct()));
+        self.set("other_cpu_pct", format!("{:.2}", t.other_cpu_pct()));
+        self.set("socket_drops", t.socket_drops);
+        self.set("keyframe_requests", t.keyframe_requests);
+        self.set(
+            "stream_loss_p99_pct",
+            format!("{:.4}", 100.0 * t.stream_loss_p99),
+        );
+        self.set(
+            "added_delay_p50_ms",
+            format!("{:.3}", added_delay_ms(t.delay_p50_ms, direct.map(|d| d.0))),
+        );
+        self.set(
+            "added_delay_p99_ms",
+            format!("{:.3}", added_delay_ms(t.delay_p99_ms, direct.map(|d| d.1))),
+        );
+        self.set(
+            "within_limits",
+            capacity::verdict(t, direct.map(|d| d.1)).pass(),
+        );
+    }
+
+    fn line(&self) -> String {
+        self.0.join(",")
+    }
+}
+
+/// Every figure, one line per scenario and SFU; a capacity search gives one line per trial
+/// and a `capacity` line with the figures at the capacity.
+pub fn csv(results: &[Outcome], direct: Option<(f64, f64)>) -> String {
+    let mut out = CSV_COLUMNS.join(",");
+    out.push('\n');
     for o in results {
-        let _ = match &o.data {
-            Ok(Data::Traffic(t)) => writeln!(
-                out,
-                "{},{},{},{},{:.3},{:.3},{:.2},{},{:.1},{:.1},{:.0},{},{},{:.4},{:.4},{:.3},{:.3},{:.3},{},{},{:.1},{:.2},{:.2},{},{},,,",
-                o.scenario,
-                o.sfu,
-                t.n,
-                t.video,
-                t.seconds,
-                t.sfu_cpu_s,
-                t.cpu_pct(),
-                t.media_packets,
-                t.media_pps(),
-                t.udp_out_pps(),
-                t.efficiency(),
-                t.frames_expected,
-                t.frames_received,
-                100.0 * t.loss(),
-                100.0 * t.worst_stream_loss,
-                t.delay_p50_ms,
-                t.delay_p99_ms,
-                t.delay_max_ms,
-                t.rss_idle_kib,
-                t.rss_kib,
-                t.mem_per_participant_kib(),
-                t.load_cpu_pct(),
-                t.other_cpu_pct(),
-                t.socket_drops,
-                t.keyframe_requests,
-            ),
-            Ok(Data::Join(j)) => writeln!(
-                out,
-                "{},{},{},true,,,,,,,,,,,,,,,,,,,,,,{:.1},{:.1},",
-                o.scenario,
-                o.sfu,
-                j.n,
-                j.p50(),
-                j.p95()
-            ),
-            Err(e) => writeln!(
-                out,
-                "{},{},,,,,,,,,,,,,,,,,,,,,,,,,,\"{}\"",
-                o.scenario,
-                o.sfu,
-                e.replace('"', "'").replace('\n', " ")
-            ),
-        };
+        let mut rows = Vec::new();
+        let mut row = CsvRow::new(&o.scenario, o.sfu);
+        match &o.data {
+            Ok(Data::Traffic(t)) => {
+                row.traffic(t, direct);
+                rows.push(row);
+            }
+            Ok(Data::Join(j)) => {
+                row.set("n", j.n);
+                row.set("video", true);
+                row.set("join_p50_ms", format!("{:.1}", j.p50()));
+                row.set("join_p95_ms", format!("{:.1}", j.p95()));
+                rows.push(row);
+            }
+            Ok(Data::Capacity(c)) => {
+                for t in &c.trials {
+                    let mut r = CsvRow::new(&o.scenario, o.sfu);
+                    r.set("n", t.n);
+                    r.set("video", c.video);
+                    r.set("trial", t.role.describe());
+                    match &t.result {
+                        Ok(m) => r.traffic(m, direct),
+                        Err(e) => {
+                            r.set("within_limits", false);
+                            r.set_text("error", e);
+                        }
+                    }
+                    if !t.verdict.pass() {
+                        r.set_text("note", &t.verdict.describe());
+                    }
+                    rows.push(r);
+                }
+                row.set("video", c.video);
+                row.set("trial", "capacity");
+                if let Some(t) = c.at_capacity() {
+                    row.traffic(t, direct);
+                }
+                if let Some(n) = c.capacity {
+                    row.set("n", n);
+                }
+                let mut notes = Vec::new();
+                if c.capacity.is_none() {
+                    notes.push("no size passed".to_string());
+                }
+                if c.reached_max {
+                    notes.push(format!("every size up to --max-n {} passed", c.max_n));
+                }
+                if c.load_bound() {
+                    notes.push(format!(
+                        "load process above {:.0} % of its core",
+                        capacity::LOAD_BOUND_CPU_PCT
+                    ));
+                }
+                row.set_text("note", &notes.join("; "));
+                rows.push(row);
+            }
+            Err(e) => {
+                row.set_text("error", e);
+                rows.push(row);
+            }
+        }
+        for r in rows {
+            out.push_str(&r.line());
+            out.push('\n');
+        }
     }
     out
 }
@@ -659,6 +1244,8 @@ mod tests {
         assert_eq!((t.frames_expected, t.frames_received), (12, 9));
         assert!((t.loss() - 0.25).abs() < 1e-9);
         assert!((t.worst_stream_loss - 0.5).abs() < 1e-9);
+        // Two (receiver, stream) pairs, losing 0 and 50 %: the p99 is the worse.
+        assert!((t.stream_loss_p99 - 0.5).abs() < 1e-9);
         assert_eq!(t.media_packets, 9);
         assert!((t.udp_out_pps() - 20.0).abs() < 1e-9);
         assert!(
@@ -696,7 +1283,7 @@ mod tests {
                 Err(anyhow::anyhow!("no")),
             ),
         ];
-        let text = csv(&results);
+        let text = csv(&results, None);
         let widths: Vec<usize> = text.lines().map(|l| l.split(',').count()).collect();
         assert_eq!(widths.len(), 4);
         assert!(widths.iter().all(|w| *w == widths[0]), "{widths:?}");
@@ -715,6 +1302,7 @@ mod tests {
                 warmup: 1,
                 janus_event_loops: 1,
                 join_rounds: 1,
+                capacity_seconds: 1,
                 command: String::new(),
                 smoke: true,
                 direct_delay_ms: None,
@@ -722,6 +1310,90 @@ mod tests {
             &results,
         );
         assert!(md.contains("| join storm N=2 | join → first remote frame p50, ms | failed | 5 |"));
+    }
+
+    fn trial(n: usize, role: Role, loss: f64, delay: f64, load_pct: f64) -> Trial {
+        let mut t = Traffic::example(n, false);
+        t.stream_loss_p99 = loss;
+        t.delay_p99_ms = delay;
+        t.load_cpu_s = load_pct / 100.0 * t.seconds;
+        Trial::new(n, role, Ok(t), Some(0.5))
+    }
+
+    #[test]
+    fn capacity_searches_render_as_rows_details_and_csv() {
+        let (grow, bisect) = (Role::Search(Phase::Grow), Role::Search(Phase::Bisect));
+        let sealroom = CapacityResult {
+            video: false,
+            max_n: 8,
+            capacity: Some(6),
+            reached_max: false,
+            trials: vec![
+                trial(4, grow, 0.0, 2.0, 10.0),
+                trial(8, grow, 0.0, 30.0, 40.0),
+                trial(6, bisect, 0.0, 3.0, 30.0),
+                trial(7, bisect, 0.02, 3.0, 35.0),
+                trial(4, Role::Share(0.5), 0.0, 1.5, 10.0),
+                trial(6, Role::Share(0.9), 0.0, 2.5, 30.0),
+            ],
+        };
+        let janus = CapacityResult {
+            video: false,
+            max_n: 8,
+            capacity: Some(8),
+            reached_max: true,
+            trials: vec![
+                trial(4, grow, 0.0, 1.0, 20.0),
+                trial(8, grow, 0.0, 1.0, 90.0),
+                Trial::new(6, Role::Share(0.5), Err(anyhow::anyhow!("no")), Some(0.5)),
+                trial(8, Role::Share(0.9), 0.0, 1.0, 90.0),
+            ],
+        };
+        assert!(!sealroom.trials[1].verdict.pass() && !sealroom.trials[3].verdict.pass());
+        assert_eq!(sealroom.first_failure().map(|t| t.n), Some(7));
+        assert!(!sealroom.load_bound());
+        assert!(
+            janus.load_bound(),
+            "the load used 90 % of its core at the capacity"
+        );
+        let results = vec![
+            Outcome::capacity("audio capacity".into(), "sealroom", sealroom),
+            Outcome::capacity("audio capacity".into(), "janus", janus),
+        ];
+        let ctx = Context {
+            topology: String::new(),
+            pinning: String::new(),
+            busy_before: None,
+            seconds: 10,
+            warmup: 3,
+            janus_event_loops: 1,
+            join_rounds: 1,
+            capacity_seconds: 5,
+            command: String::new(),
+            smoke: false,
+            direct_delay_ms: Some((0.1, 0.5)),
+        };
+        let md = markdown(&ctx, &results);
+        for line in [
+            "| audio capacity | largest N within limits | 6 | 8+ ‡ | 0.75 (higher is better) |",
+            "| audio capacity | added delay p99 at capacity, ms | 2.50 | 0.50 | 5.00 (lower is better) |",
+            "| audio at 50 % of capacity | meeting size N | 4 | 6 | 0.67 |",
+            "| audio at 50 % of capacity | added delay p99, ms | 1.00 | failed | — |",
+            "| audio at 90 % of capacity | load CPU, % of its core | 30.0 | 90.0 | 0.33 |",
+            "| audio capacity | sealroom | 7 | bisect | 5.0 | p99 stream loss 2.00 % ≥ 1 % |",
+        ] {
+            assert!(md.contains(line), "missing {line:?} in\n{md}");
+        }
+        assert!(md.contains("- audio capacity, sealroom: capacity N = 6; first failure at N = 7"));
+        let text = csv(&results, ctx.direct_delay_ms);
+        let widths: Vec<usize> = text.lines().map(|l| l.split(',').count()).collect();
+        assert_eq!(
+            widths.len(),
+            1 + 7 + 5,
+            "a line per trial and one per capacity"
+        );
+        assert!(widths.iter().all(|w| *w == CSV_COLUMNS.len()), "{widths:?}");
+        assert!(text.contains("audio capacity,janus,8,false,"));
     }
 
     #[test]
