@@ -253,7 +253,6 @@ async fn drain(
             } => {
                 // A full socket buffer drops the datagram, as the network would.
                 let _ = socket.try_send_to(&contents, destination);
-                sfu.recycle(contents);
             }
             Output::Event(e) => match e {
                 Event::Offer { participant, sdp } => {

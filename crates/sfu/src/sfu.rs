@@ -29,12 +29,6 @@ const MAX_INLINE_ROUNDS: usize = 64;
 /// [`SfuConfig::retransmission_history`], is what limits it below about 8 Mbit/s).
 const RTX_MAX_PACKETS: usize = 1000;
 
-/// Capacity of a transmit buffer: str0m's largest datagram.
-const TRANSMIT_BUFFER_CAPACITY: usize = 1500;
-
-/// Spare transmit buffers kept for reuse (what one drain of a large meeting produces).
-const MAX_SPARE_BUFFERS: usize = 1024;
-
 /// Retransmissions may use at most this share of a stream's rate (str0m's default).
 const RTX_RATIO_CAP: f32 = 0.15;
 
@@ -193,8 +187,6 @@ pub struct Counters {
     pub keyframe_requests_forwarded: u64,
     /// Keyframe requests dropped by the per-stream throttle.
     pub keyframe_requests_throttled: u64,
-    /// Datagram buffers allocated for transmits (the rest were recycled).
-    pub transmit_buffers_allocated: u64,
 }
 
 /// State of one track a participant receives.
@@ -364,8 +356,6 @@ pub struct Sfu {
     dirty: Vec<ParticipantId>,
     /// Layer ranking of the frame being forwarded (reused: no allocation per frame).
     ranked_scratch: Vec<(Rid, Option<u64>)>,
-    /// Datagram buffers handed back with [`Sfu::recycle`], reused for the next transmits.
-    buffers: Vec<Vec<u8>>,
     counters: Counters,
     last_now: Option<Instant>,
 }
@@ -389,7 +379,6 @@ impl Sfu {
             keyframes_wanted: Vec::new(),
             dirty: Vec::new(),
             ranked_scratch: Vec::new(),
-            buffers: Vec::new(),
             counters: Counters::default(),
             last_now: None,
         })
@@ -781,16 +770,6 @@ impl Sfu {
         self.pairs.get(&(remote, local)).copied()
     }
 
-    /// Hands the buffer of a sent [`Output::Transmit`] back for reuse, so that steady
-    /// forwarding allocates nothing per datagram. Optional: a dropped buffer is just freed.
-    pub fn recycle(&mut self, mut contents: Vec<u8>) {
-        if self.buffers.len() < MAX_SPARE_BUFFERS && contents.capacity() >= TRANSMIT_BUFFER_CAPACITY
-        {
-            contents.clear();
-            self.buffers.push(contents);
-        }
-    }
-
     /// Datagram and keyframe counters.
     pub fn counters(&self) -> &Counters {
         &self.counters
@@ -1018,15 +997,8 @@ impl Sfu {
                     return;
                 }
                 str0m::Output::Transmit(t) => {
-                    let mut contents = match self.buffers.pop() {
-                        Some(b) => b,
-                        None => {
-                            self.counters.transmit_buffers_allocated += 1;
-                            Vec::with_capacity(TRANSMIT_BUFFER_CAPACITY)
-                        }
-                    };
-                    contents.clear();
-                    contents.extend_from_slice(&t.contents);
+                    // str0m built this datagram in its own buffer: take it, no copy.
+                    let contents: Vec<u8> = t.contents.into();
                     if demux::is_binding_success(&contents) {
                         // str0m answered an authenticated binding request: the pair is
                         // proven (RFC 8445 §7.3), bind it.

@@ -407,11 +407,9 @@ impl World {
                         Packet {
                             from: source,
                             to: destination,
-                            data: contents.clone(),
+                            data: contents,
                         },
                     );
-                    // As the server does once the datagram is on the socket.
-                    self.sfu.recycle(contents);
                 }
                 Output::Event(e) => {
                     if let Event::Offer { participant, sdp } = &e {

@@ -214,24 +214,3 @@ fn due_timers_run_inside_the_core_instead_of_bouncing_to_the_caller() {
         "{due} of {returned} timeouts handed back to the caller were already due"
     );
 }
-
-/// With the caller handing sent datagrams back, steady forwarding allocates no transmit
-/// buffers: the forwarding path does not allocate per datagram.
-#[test]
-fn steady_forwarding_reuses_transmit_buffers() {
-    let mut w = World::new(seed("buffers"));
-    for _ in 0..4 {
-        w.join(AV);
-    }
-    w.run_for(Duration::from_secs(3));
-    let allocated = w.sfu.counters().transmit_buffers_allocated;
-    let sent = w.transmitted.len();
-    w.run_for(Duration::from_secs(5));
-    let sent = w.transmitted.len() - sent;
-    assert!(sent > 1000, "media flows ({sent} datagrams)");
-    assert_eq!(
-        w.sfu.counters().transmit_buffers_allocated,
-        allocated,
-        "{sent} datagrams sent after warm-up"
-    );
-}
