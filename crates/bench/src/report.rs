@@ -535,7 +535,56 @@ fn headline_rows(results: &[Outcome], direct: Option<(f64, f64)>) -> Vec<Row> {
             }));
         }
     }
+    for video in [false, true] {
+        rows.extend(marginal_memory_row(results, video));
+    }
     rows
+}
+
+/// Memory per *added* participant: the RSS difference between the largest and the smallest
+/// meeting of one kind, per participant of difference. Unlike memory ÷ N it leaves out what
+/// the first participants cost once (database page cache, runtime threads, lazy tables).
+fn marginal_memory_row(results: &[Outcome], video: bool) -> Option<Row> {
+    let mut sizes: Vec<usize> = results
+        .iter()
+        .filter_map(|o| match &o.data {
+            Ok(Data::Traffic(t)) if t.video == video => Some(t.n),
+            _ => None,
+        })
+        .collect();
+    sizes.sort_unstable();
+    let (&small, &large) = (sizes.first()?, sizes.last()?);
+    if small == large {
+        return None;
+    }
+    let kind = if video { "video" } else { "audio" };
+    let mut row = Row::new(
+        format!("{kind} N={small}→{large}"),
+        "SFU memory per added participant, KiB",
+        Better::Lower,
+        0,
+    );
+    let mut sfus: Vec<&'static str> = Vec::new();
+    for o in results {
+        if !sfus.contains(&o.sfu) {
+            sfus.push(o.sfu);
+        }
+    }
+    for sfu in sfus {
+        let rss = |n: usize| {
+            results.iter().find_map(|o| match &o.data {
+                Ok(Data::Traffic(t)) if o.sfu == sfu && t.video == video && t.n == n => {
+                    Some(t.rss_kib)
+                }
+                _ => None,
+            })
+        };
+        if let (Some(a), Some(b)) = (rss(small), rss(large)) {
+            let per = (b as f64 - a as f64) / (large - small) as f64;
+            row.values.insert(sfu, (per, String::new()));
+        }
+    }
+    Some(row)
 }
 
 /// One row per metric of scenario `s`, a value per SFU from the data `pick` finds.
@@ -1394,6 +1443,29 @@ mod tests {
         );
         assert!(widths.iter().all(|w| *w == CSV_COLUMNS.len()), "{widths:?}");
         assert!(text.contains("audio capacity,janus,8,false,"));
+    }
+
+    #[test]
+    fn memory_per_added_participant_is_the_slope_between_sizes() {
+        let with_rss = |n: usize, rss_kib: u64| {
+            let mut t = Traffic::example(n, false);
+            t.rss_kib = rss_kib;
+            t
+        };
+        let results = vec![
+            Outcome::traffic("audio N=4".into(), "sealroom", Ok(with_rss(4, 20_000))),
+            Outcome::traffic("audio N=4".into(), "janus", Ok(with_rss(4, 30_000))),
+            Outcome::traffic("audio N=12".into(), "sealroom", Ok(with_rss(12, 24_000))),
+            Outcome::traffic("audio N=12".into(), "janus", Ok(with_rss(12, 38_000))),
+        ];
+        let row = marginal_memory_row(&results, false).expect("two sizes");
+        assert_eq!(row.scenario, "audio N=4→12");
+        assert_eq!(row.values["sealroom"].0, 500.0);
+        assert_eq!(row.values["janus"].0, 1000.0);
+        assert!(
+            marginal_memory_row(&results, true).is_none(),
+            "no video runs"
+        );
     }
 
     #[test]
