@@ -63,7 +63,7 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "audio,video,join"
+        default_value = "audio,video,simulcast,join"
     )]
     scenarios: Vec<Group>,
     /// Largest meeting the capacity search tries.
@@ -119,6 +119,8 @@ enum Group {
     Audio,
     /// Forwarding, audio and video meetings.
     Video,
+    /// Forwarding, audio and video meetings with the video as three simulcast layers.
+    Simulcast,
     /// Join time to the first remote frame.
     Join,
     /// The largest audio and video meetings within the loss and delay limits, and latency
@@ -131,6 +133,37 @@ enum Which {
     Both,
     Sealroom,
     Janus,
+}
+
+/// What every participant of a forwarding scenario publishes (audio always).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Media {
+    Audio,
+    Video,
+    /// Video as three simulcast layers.
+    Simulcast,
+}
+
+impl Media {
+    fn of(video: bool) -> Media {
+        if video {
+            Media::Video
+        } else {
+            Media::Audio
+        }
+    }
+
+    fn video(self) -> bool {
+        self != Media::Audio
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Media::Audio => "audio",
+            Media::Video => "video",
+            Media::Simulcast => "simulcast",
+        }
+    }
 }
 
 /// A participant being joined or in the meeting: its signaling driver and its peers.
@@ -286,6 +319,7 @@ impl Env {
             me: u32::try_from(i).unwrap_or(u32::MAX),
             audio,
             video,
+            simulcast: false,
             epoch: self.epoch,
         }
     }
@@ -326,11 +360,11 @@ async fn traffic(
     env: &Env,
     which: Which,
     n: usize,
-    video: bool,
+    media: Media,
     seconds: u64,
 ) -> anyhow::Result<Traffic> {
     let mut server = env.start(which).await?;
-    let result = traffic_on(env, &mut server, n, video, seconds).await;
+    let result = traffic_on(env, &mut server, n, media, seconds).await;
     server.stop().await;
     result
 }
@@ -339,16 +373,19 @@ async fn traffic_on(
     env: &Env,
     server: &mut Server,
     n: usize,
-    video: bool,
+    media: Media,
     seconds: u64,
 ) -> anyhow::Result<Traffic> {
+    let video = media.video();
     let pid = server.pid();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle = ProcSample::read(pid)?;
     let room = server.room(n).await?;
     let mut ps = Vec::new();
     for i in 0..n {
-        ps.push(server.join(&room, i, env.peer(i, true, video))?);
+        let mut cfg = env.peer(i, true, video);
+        cfg.simulcast = media == Media::Simulcast;
+        ps.push(server.join(&room, i, cfg)?);
     }
     let streams = (n - 1) * if video { 2 } else { 1 };
     all_receiving(&ps, streams, Duration::from_secs(30))
@@ -377,7 +414,7 @@ async fn traffic_on(
     }
     drop(ps);
     let ns = |t: Instant| t.saturating_duration_since(env.epoch).as_nanos() as u64;
-    Ok(report::traffic(
+    let mut t = report::traffic(
         n,
         video,
         &reports,
@@ -385,7 +422,9 @@ async fn traffic_on(
         (idle, s0, s1),
         (l0, l1),
         d1.saturating_sub(d0),
-    ))
+    );
+    t.simulcast = media == Media::Simulcast;
+    Ok(t)
 }
 
 /// The capacity search for one SFU and media kind ([`capacity`]): a fresh SFU for every
@@ -402,7 +441,7 @@ async fn capacity_search(
     while let Some((n, phase)) = search.next() {
         let role = Role::Search(phase);
         eprintln!(" N={n} ({}) …", role.describe());
-        let r = traffic(env, which, n, video, env.args.capacity_seconds).await;
+        let r = traffic(env, which, n, Media::of(video), env.args.capacity_seconds).await;
         let trial = Trial::new(n, role, r, direct_p99_ms);
         eprintln!("  {}", trial.verdict.describe());
         search.record(n, trial.verdict.pass());
@@ -413,7 +452,7 @@ async fn capacity_search(
             let n = capacity::size_at_share(cap, share);
             let role = Role::Share(share);
             eprintln!(" N={n} ({}) …", role.describe());
-            let r = traffic(env, which, n, video, env.args.seconds).await;
+            let r = traffic(env, which, n, Media::of(video), env.args.seconds).await;
             let trial = Trial::new(n, role, r, direct_p99_ms);
             eprintln!("  {}", trial.verdict.describe());
             trials.push(trial);
@@ -711,16 +750,19 @@ async fn scenarios(env: &Env, which: &[Which], direct: Option<(f64, f64)>) -> Ve
     let mut sizes = env.args.sizes.clone();
     sizes.sort_unstable();
     sizes.dedup();
-    for video in [false, true] {
-        let group = if video { Group::Video } else { Group::Audio };
+    for (media, group) in [
+        (Media::Audio, Group::Audio),
+        (Media::Video, Group::Video),
+        (Media::Simulcast, Group::Simulcast),
+    ] {
         if !env.args.scenarios.contains(&group) {
             continue;
         }
         for &n in &sizes {
             for &w in which {
-                let name = format!("{} N={n}", if video { "video" } else { "audio" });
+                let name = format!("{} N={n}", media.name());
                 eprintln!("{name}: {} …", label(w));
-                let r = traffic(env, w, n, video, env.args.seconds).await;
+                let r = traffic(env, w, n, media, env.args.seconds).await;
                 if let Err(e) = &r {
                     eprintln!("  failed: {e:#}");
                 }

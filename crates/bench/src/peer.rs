@@ -21,7 +21,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
-use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid, Pt};
+use str0m::media::{
+    Direction, Frequency, MediaKind, MediaTime, Mid, Pt, Rid, Simulcast, SimulcastLayer,
+};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc};
 use tokio::net::UdpSocket;
@@ -38,6 +40,8 @@ pub struct PeerConfig {
     pub audio: bool,
     /// Publish video (VP8, 30 frames/s).
     pub video: bool,
+    /// Publish the video as three simulcast layers ([`SIMULCAST_LAYERS`]) instead of one.
+    pub simulcast: bool,
     /// The instant stamps count from (shared by every peer of the run).
     pub epoch: Instant,
 }
@@ -93,6 +97,13 @@ pub struct Live {
     /// Why the task ended, if it ended by itself.
     pub ended: Option<String>,
 }
+
+/// Simulcast layers: rid and the share of each frame's bytes it carries. The load has one
+/// pre-encoded stream, so the lower layers send a prefix of each frame (the VP8 header and
+/// the stamp stay intact; nobody decodes load video): about 1/4, 1/2 and all of the bytes,
+/// like a 3-layer camera at one resolution step apart. Every layer carries every frame with
+/// the same stamp, so a subscriber receiving any one layer receives each frame once.
+pub const SIMULCAST_LAYERS: [(&str, usize); 3] = [("l", 4), ("m", 2), ("h", 1)];
 
 type Reply<T> = oneshot::Sender<Result<T, String>>;
 
@@ -340,10 +351,17 @@ impl Task {
             .cfg
             .audio
             .then(|| api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None));
+        let simulcast = self.cfg.simulcast.then(|| {
+            let mut s = Simulcast::new();
+            for (rid, _) in SIMULCAST_LAYERS {
+                s.add_send_layer(SimulcastLayer::new(rid));
+            }
+            s
+        });
         let video = self
             .cfg
             .video
-            .then(|| api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
+            .then(|| api.add_media(MediaKind::Video, Direction::SendOnly, None, None, simulcast));
         let (offer, pending) = api.apply().ok_or("nothing to publish")?;
         self.pending = Some(pending);
         self.audio_mid = audio;
@@ -474,16 +492,29 @@ impl Task {
             seq: self.video_seq,
             sent_ns: self.ns(now),
         };
-        let data = stamp::stamp(frame, s);
         let t = MediaTime::new(n * 3_000, Frequency::NINETY_KHZ);
-        if let Some(w) = self.rtc.writer(mid) {
-            if w.write(pt, now, t, data).is_ok() {
-                self.report.sent.push(Sent {
-                    kind: Kind::Video,
-                    sent_ns: s.sent_ns,
-                });
-                self.video_seq += 1;
+        let layers: &[(&str, usize)] = if self.cfg.simulcast {
+            &SIMULCAST_LAYERS
+        } else {
+            &[("", 1)]
+        };
+        let mut written = false;
+        for &(rid, divisor) in layers {
+            let data = stamp::stamp(&frame[..frame.len() / divisor], s);
+            let Some(mut w) = self.rtc.writer(mid) else {
+                return;
+            };
+            if !rid.is_empty() {
+                w = w.rid(Rid::from(rid));
             }
+            written |= w.write(pt, now, t, data).is_ok();
+        }
+        if written {
+            self.report.sent.push(Sent {
+                kind: Kind::Video,
+                sent_ns: s.sent_ns,
+            });
+            self.video_seq += 1;
         }
     }
 }

@@ -71,7 +71,8 @@ fn points(results: &[Outcome], direct: Option<(f64, f64)>) -> Vec<Point<'_>> {
     let mut out = Vec::new();
     for o in results {
         match &o.data {
-            Ok(Data::Traffic(t)) => out.push(Point {
+            // Simulcast meetings are in the table, not in the plots' audio/video lines.
+            Ok(Data::Traffic(t)) if !t.simulcast => out.push(Point {
                 sfu: o.sfu,
                 video: t.video,
                 n: t.n,

@@ -17,6 +17,8 @@ const MAX_LOSS_FOR_EFFICIENCY: f64 = 0.005;
 pub struct Traffic {
     pub n: usize,
     pub video: bool,
+    /// The video was published as three simulcast layers (each subscriber receives one).
+    pub simulcast: bool,
     /// Wall time of the window.
     pub seconds: f64,
     /// SFU utime + stime during the window.
@@ -92,6 +94,7 @@ impl Traffic {
         Traffic {
             n,
             video,
+            simulcast: false,
             seconds: 5.0,
             sfu_cpu_s: 0.5,
             load_cpu_s: 1.0,
@@ -155,6 +158,7 @@ pub fn traffic(
     let mut t = Traffic {
         n,
         video,
+        simulcast: false,
         seconds: sfu.2.at.saturating_duration_since(sfu.1.at).as_secs_f64(),
         sfu_cpu_s: sfu.2.cpu_s - sfu.1.cpu_s,
         load_cpu_s: load.1.cpu_s - load.0.cpu_s,
@@ -548,7 +552,7 @@ fn marginal_memory_row(results: &[Outcome], video: bool) -> Option<Row> {
     let mut sizes: Vec<usize> = results
         .iter()
         .filter_map(|o| match &o.data {
-            Ok(Data::Traffic(t)) if t.video == video => Some(t.n),
+            Ok(Data::Traffic(t)) if t.video == video && !t.simulcast => Some(t.n),
             _ => None,
         })
         .collect();
@@ -573,7 +577,9 @@ fn marginal_memory_row(results: &[Outcome], video: bool) -> Option<Row> {
     for sfu in sfus {
         let rss = |n: usize| {
             results.iter().find_map(|o| match &o.data {
-                Ok(Data::Traffic(t)) if o.sfu == sfu && t.video == video && t.n == n => {
+                Ok(Data::Traffic(t))
+                    if o.sfu == sfu && t.video == video && !t.simulcast && t.n == n =>
+                {
                     Some(t.rss_kib)
                 }
                 _ => None,
@@ -765,7 +771,9 @@ pub fn markdown(ctx: &Context, results: &[Outcome]) -> String {
         "Each scenario on a fresh SFU process: everyone joins, media runs {} s, then a {} s \
          window is measured (frames selected by send time, 1 s grace for frames in flight). \
          Every participant publishes Opus (50 frames/s) and, in video meetings, VP8 320×240 \
-         (30 frames/s, ≈100 kbit/s, no simulcast) and subscribes to everyone else. sealroom: \
+         (30 frames/s, ≈100 kbit/s; in simulcast meetings as three layers rid l/m/h carrying \
+         1/4, 1/2 and all of each frame, the SFU choosing one per subscriber) and subscribes \
+         to everyone else. sealroom: \
          one bundled connection per participant (open level, no MLS). Janus: VideoRoom, a \
          publisher connection and one multistream subscriber connection per participant, \
          `event_loops = {}`. CPU is utime+stime of the SFU process from /proc; egress media \
@@ -1025,11 +1033,12 @@ fn capacity_details(results: &[Outcome], direct: Option<(f64, f64)>) -> String {
 }
 
 /// The columns of the CSV, in order.
-const CSV_COLUMNS: [&str; 34] = [
+const CSV_COLUMNS: [&str; 35] = [
     "scenario",
     "sfu",
     "n",
     "video",
+    "simulcast",
     "seconds",
     "sfu_cpu_s",
     "sfu_cpu_pct",
@@ -1094,6 +1103,7 @@ impl CsvRow {
     fn traffic(&mut self, t: &Traffic, direct: Option<(f64, f64)>) {
         self.set("n", t.n);
         self.set("video", t.video);
+        self.set("simulcast", t.simulcast);
         self.set("seconds", format!("{:.3}", t.seconds));
         self.set("sfu_cpu_s", format!("{:.3}", t.sfu_cpu_s));
         self.set("sfu_cpu_pct", format!("{:.2}", t.cpu_pct()));
