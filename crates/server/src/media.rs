@@ -16,6 +16,11 @@ use std::time::Instant;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
+/// Socket buffer asked for, each way (the kernel doubles it for its own accounting): about
+/// a thousand datagrams, a fraction of a second of a large meeting's ingress. Larger only
+/// turns an overload into seconds of delay instead of loss.
+const MEDIA_SOCKET_BUFFER: usize = 1 << 20;
+
 /// Datagrams read from the socket per wakeup before the core is drained.
 const RECV_BATCH: usize = 32;
 
@@ -130,7 +135,7 @@ pub async fn start(
     connect_timeout: std::time::Duration,
     events: mpsc::UnboundedSender<(u64, MediaEvent)>,
 ) -> anyhow::Result<MediaHandle> {
-    let socket = UdpSocket::bind(bind).await?;
+    let socket = bind_media(bind)?;
     let local = socket.local_addr()?;
     let advertised = advertise.unwrap_or(local);
     if advertised.ip().is_unspecified() {
@@ -148,6 +153,33 @@ pub async fn start(
         local,
         advertised,
     })
+}
+
+/// The media socket, with socket buffers sized for a large meeting. The kernel's default
+/// receive buffer (208 KiB, about 90 small datagrams by the kernel's accounting) overflowed
+/// while the SFU fanned out one batch of a 33-person meeting, and every lost ingress packet
+/// then stalled its stream: the meeting collapsed at under 70 % CPU. The kernel caps the
+/// request at `net.core.rmem_max` / `wmem_max`; what it granted is logged.
+fn bind_media(bind: SocketAddr) -> anyhow::Result<UdpSocket> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(bind),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    let _ = s.set_recv_buffer_size(MEDIA_SOCKET_BUFFER);
+    let _ = s.set_send_buffer_size(MEDIA_SOCKET_BUFFER);
+    s.set_nonblocking(true)?;
+    s.bind(&bind.into())?;
+    let (recv, send) = (s.recv_buffer_size()?, s.send_buffer_size()?);
+    if recv < MEDIA_SOCKET_BUFFER {
+        tracing::warn!(
+            granted = recv,
+            wanted = MEDIA_SOCKET_BUFFER,
+            "media socket receive buffer capped by net.core.rmem_max: large meetings may lose packets"
+        );
+    }
+    tracing::debug!(recv, send, "media socket buffers");
+    Ok(UdpSocket::from_std(s.into())?)
 }
 
 async fn run(

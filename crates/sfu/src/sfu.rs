@@ -21,6 +21,12 @@ use crate::simulcast::{self, LayerMeter};
 /// How far ahead the core asks to be woken when it has nothing scheduled.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Audio packets a stream's frames wait behind a gap before it is released as lost.
+const AUDIO_REORDERING_PACKETS: usize = 2;
+
+/// Longest an audio frame waits for missing earlier packets.
+const AUDIO_REORDERING_TIMEOUT: Duration = Duration::from_millis(40);
+
 /// How many rounds of due timers one [`Sfu::poll_output`] call runs before it hands control
 /// back to the caller with `Timeout(now)`.
 const MAX_INLINE_ROUNDS: usize = 64;
@@ -410,6 +416,13 @@ impl Sfu {
             .enable_opus(true, false)
             .enable_vp8(true)
             .enable_bwe(Some(Bitrate::bps(self.config.initial_bitrate_bps)))
+            // str0m holds an audio stream's frames behind a missing packet until 15 more
+            // arrive (300 ms of Opus) or 1 s passes: one lost ingress packet stalled the
+            // stream for every subscriber. An SFU should not wait; receivers' jitter
+            // buffers handle loss and reordering. Two packets (40 ms) cover loopback and
+            // LAN reordering.
+            .set_reordering_size_audio(AUDIO_REORDERING_PACKETS)
+            .set_reordering_timeout_audio(Some(AUDIO_REORDERING_TIMEOUT))
             // DESIGN §7 "Metadata": mid, rid, repaired-rid, transport-cc, abs-send-time,
             // and the audio level only where the level allows it.
             .clear_extension_map()
