@@ -182,7 +182,7 @@ pub struct Counters {
     pub dropped_malformed: u64,
     /// Sessions ended by an error.
     pub session_errors: u64,
-    /// Media writes str0m refused (not connected yet, payload type gone).
+    /// Media writes that found no send stream for the subscriber's m-line.
     pub write_errors: u64,
     /// Keyframe requests from subscribers (and from the SFU on loss or layer switches).
     pub keyframe_requests_received: u64,
@@ -409,6 +409,11 @@ pub struct Sfu {
     keyframes_wanted: Vec<KeyframeAsk>,
     /// Participants with `dirty` set, in the order they became dirty.
     dirty: Vec<ParticipantId>,
+    /// Media and events taken from publishers' sessions as each datagram arrived, applied
+    /// on the next drive. str0m in RTP mode keeps only one received packet for
+    /// `poll_output`: a second `handle_input` before the poll overwrites it, so a batch of
+    /// datagrams from one publisher must be drained one by one.
+    received: Work,
     /// Layer ranking of the frame being forwarded (reused: no allocation per frame).
     ranked_scratch: Vec<(Rid, Option<u64>)>,
     counters: Counters,
@@ -433,6 +438,7 @@ impl Sfu {
             queue: VecDeque::new(),
             keyframes_wanted: Vec::new(),
             dirty: Vec::new(),
+            received: Work::default(),
             ranked_scratch: Vec::new(),
             counters: Counters::default(),
             last_now: None,
@@ -877,6 +883,11 @@ impl Sfu {
         }
         p.timeout = now;
         self.mark(id);
+        // Take the packet now (see `received`); forwarding waits for the next drive so a
+        // batch of datagrams still costs each subscriber's session one poll.
+        let mut work = std::mem::take(&mut self.received);
+        self.poll_participant(now, id, &mut work);
+        self.received = work;
     }
 
     fn end_session(&mut self, id: ParticipantId, reason: SessionError) {
@@ -952,6 +963,10 @@ impl Sfu {
         let wanted = std::mem::take(&mut self.keyframes_wanted);
         for ask in wanted {
             self.request_keyframe(now, ask);
+        }
+        let received = std::mem::take(&mut self.received);
+        if !received.is_empty() {
+            self.apply(now, received);
         }
         // Each pass forwards what the previous one received; forwarding only writes into
         // other sessions, which yields transmits but no new work, so this ends.
