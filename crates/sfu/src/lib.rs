@@ -6,13 +6,20 @@
 //! from a (remote, local) pair that an authenticated binding proved for a participant; the
 //! rest dropped and counted before str0m sees it), SDP negotiation (the participant offers
 //! first, the SFU re-offers when tracks come and go), and forwarding of Opus, VP8 (simulcast
-//! layer chosen per subscriber) and screen-share frames as opaque bytes — they are SFrame
-//! ciphertext; the core never holds media keys — with NACK/RTX, transport-wide congestion
-//! control and per-stream throttled keyframe requests.
+//! layer chosen per subscriber) and screen-share media as RTP packets whose payloads stay
+//! opaque — they are SFrame ciphertext; the core never holds media keys. str0m runs in RTP
+//! mode: each packet is written to each subscriber as it came (no depacketizing and
+//! packetizing again), with the sequence numbers, RTP time and VP8 picture ids of the
+//! subscriber's stream rewritten so a simulcast layer switch stays one continuous stream.
+//! The core reads only the VP8 payload descriptor and the clear VP8 payload header byte
+//! (keyframe detection, [`RFC 7741`](https://www.rfc-editor.org/rfc/rfc7741) §4.2-4.3). With
+//! NACK/RTX, transport-wide congestion control and per-stream throttled keyframe requests
+//! (also when a sequence gap is not repaired).
 //!
 //! **Must not**: open sockets, spawn tasks, read the clock or the environment, decide
 //! admission (the server adds and removes participants; the forwarding set is exactly
-//! [`Sfu::participants`]), inspect or alter payloads, or panic on bytes from the network.
+//! [`Sfu::participants`]), inspect or alter payloads beyond the VP8 descriptor, or panic on
+//! bytes from the network.
 //!
 //! **Main loop** (in the server, which owns the socket and the timer):
 //! ```text
@@ -32,8 +39,10 @@
 mod config;
 mod demux;
 mod error;
+mod loss;
 mod sfu;
 mod simulcast;
+mod vp8;
 
 pub use config::{ParticipantConfig, ParticipantId, RoomId, SfuConfig, SourceFilter};
 pub use error::{Fault, SessionError, SfuError};

@@ -8,24 +8,21 @@ use std::time::{Duration, Instant};
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::crypto::CryptoProvider;
-use str0m::media::{Direction, KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid, Rid};
+use str0m::format::PayloadParams;
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
 use str0m::net::{DatagramRecv, Protocol, Receive};
-use str0m::rtp::Extension;
+use str0m::rtp::{Extension, ExtensionValues, RtpPacket, RtpWrite, SeqNo};
 use str0m::{Candidate, IceConnectionState, IceCreds, Rtc, RtcError};
 
 use crate::config::{ParticipantConfig, ParticipantId, RoomId, SfuConfig};
 use crate::demux::{self, Kind};
 use crate::error::{SessionError, SfuError};
+use crate::loss::LossTracker;
 use crate::simulcast::{self, LayerMeter};
+use crate::vp8::Vp8Descriptor;
 
 /// How far ahead the core asks to be woken when it has nothing scheduled.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// Audio packets a stream's frames wait behind a gap before it is released as lost.
-const AUDIO_REORDERING_PACKETS: usize = 2;
-
-/// Longest an audio frame waits for missing earlier packets.
-const AUDIO_REORDERING_TIMEOUT: Duration = Duration::from_millis(40);
 
 /// How many rounds of due timers one [`Sfu::poll_output`] call runs before it hands control
 /// back to the caller with `Timeout(now)`.
@@ -185,7 +182,7 @@ pub struct Counters {
     pub dropped_malformed: u64,
     /// Sessions ended by an error.
     pub session_errors: u64,
-    /// Media writes str0m refused (not connected yet, payload type gone).
+    /// Media writes that found no send stream for the subscriber's m-line.
     pub write_errors: u64,
     /// Keyframe requests from subscribers (and from the SFU on loss or layer switches).
     pub keyframe_requests_received: u64,
@@ -221,8 +218,11 @@ pub struct Subscription {
     pub state: SubscriptionState,
     /// The simulcast layer forwarded now (None: not simulcast or nothing forwarded yet).
     pub layer: Option<Rid>,
-    /// Frames forwarded on it.
+    /// Frames forwarded on it: RTP packets with the marker bit for video (the last packet
+    /// of a frame), every packet for audio (one Opus frame each).
     pub frames: u64,
+    /// RTP packets forwarded on it.
+    pub packets: u64,
 }
 
 /// A snapshot of one participant, for tests and the server's roster check.
@@ -253,6 +253,10 @@ struct TrackIn {
     meter: LayerMeter,
     simulcast: bool,
     last_keyframe_request: HashMap<Option<Rid>, Instant>,
+    /// Unrepaired holes per incoming stream (one per simulcast layer), video only.
+    loss: Vec<(Option<Rid>, LossTracker)>,
+    /// The publisher's codec for the last payload type seen (looked up once per change).
+    params: Option<PayloadParams>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -284,11 +288,45 @@ struct TrackOut {
     /// Layer forwarded now and layer wanted (simulcast only).
     current: Option<Rid>,
     target: Option<Rid>,
-    /// Added to the source's RTP time so the output timeline stays continuous across
-    /// layer switches (layers need not share a timestamp base).
-    time_offset: i64,
-    last_out: Option<(u64, Instant)>,
+    /// Sequence numbers, timestamps and VP8 picture ids of the output stream.
+    timeline: Timeline,
+    /// (publisher's payload type, ours) for the last payload type forwarded.
+    pt: Option<(Pt, Pt)>,
     frames: u64,
+    packets: u64,
+}
+
+/// The output timeline of one forwarded stream: the source's numbers shifted by offsets
+/// that change only when the forwarded layer does, so the subscriber sees one stream with
+/// continuous sequence numbers (RFC 3550 §5.1: no jump, no gap caused by other layers),
+/// RTP time that keeps advancing with arrival time, and VP8 picture ids that continue
+/// (RFC 7741 §4.2; a decoder drops frames whose id goes backwards).
+#[derive(Debug, Default, Clone)]
+struct Timeline {
+    /// Output minus input extended sequence number; None before the first packet.
+    seq_offset: Option<i64>,
+    /// Input packets below this (of the layer switched to) predate the switch: dropped.
+    seq_floor: u64,
+    /// Highest output sequence number written.
+    last_seq: u64,
+    /// Added to the source's RTP time (layers need not share a timestamp base).
+    time_offset: i64,
+    /// Last output RTP time (extended ticks) and when its packet arrived.
+    last_out: Option<(u64, Instant)>,
+    /// Added (wrapping) to VP8 PictureID and TL0PICIDX.
+    pid_offset: u16,
+    tl0_offset: u8,
+    last_pid: Option<u16>,
+    last_tl0: Option<u8>,
+}
+
+/// Where one input packet goes on the output timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Mapped {
+    seq: u64,
+    time: u32,
+    picture_id: Option<u16>,
+    tl0_pic_idx: Option<u8>,
 }
 
 struct Participant {
@@ -321,7 +359,7 @@ struct Participant {
 struct Work {
     published: Vec<TrackId>,
     unpublished: Vec<TrackId>,
-    media: Vec<(ParticipantId, MediaData)>,
+    media: Vec<Incoming>,
     keyframes: Vec<KeyframeAsk>,
     ended: Vec<(ParticipantId, SessionError)>,
 }
@@ -334,6 +372,17 @@ impl Work {
             && self.keyframes.is_empty()
             && self.ended.is_empty()
     }
+}
+
+/// One RTP packet received from a publisher, to be forwarded.
+struct Incoming {
+    publisher: ParticipantId,
+    mid: Mid,
+    rid: Option<Rid>,
+    params: PayloadParams,
+    keyframe: bool,
+    vp8: Option<Vp8Descriptor>,
+    packet: RtpPacket,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -360,6 +409,11 @@ pub struct Sfu {
     keyframes_wanted: Vec<KeyframeAsk>,
     /// Participants with `dirty` set, in the order they became dirty.
     dirty: Vec<ParticipantId>,
+    /// Media and events taken from publishers' sessions as each datagram arrived, applied
+    /// on the next drive. str0m in RTP mode keeps only one received packet for
+    /// `poll_output`: a second `handle_input` before the poll overwrites it, so a batch of
+    /// datagrams from one publisher must be drained one by one.
+    received: Work,
     /// Layer ranking of the frame being forwarded (reused: no allocation per frame).
     ranked_scratch: Vec<(Rid, Option<u64>)>,
     counters: Counters,
@@ -384,6 +438,7 @@ impl Sfu {
             queue: VecDeque::new(),
             keyframes_wanted: Vec::new(),
             dirty: Vec::new(),
+            received: Work::default(),
             ranked_scratch: Vec::new(),
             counters: Counters::default(),
             last_now: None,
@@ -416,13 +471,9 @@ impl Sfu {
             .enable_opus(true, false)
             .enable_vp8(true)
             .enable_bwe(Some(Bitrate::bps(self.config.initial_bitrate_bps)))
-            // str0m holds an audio stream's frames behind a missing packet until 15 more
-            // arrive (300 ms of Opus) or 1 s passes: one lost ingress packet stalled the
-            // stream for every subscriber. An SFU should not wait; receivers' jitter
-            // buffers handle loss and reordering. Two packets (40 ms) cover loopback and
-            // LAN reordering.
-            .set_reordering_size_audio(AUDIO_REORDERING_PACKETS)
-            .set_reordering_timeout_audio(Some(AUDIO_REORDERING_TIMEOUT))
+            // Forward RTP packets as they are (no depacketize/packetize per subscriber);
+            // str0m still runs SRTP, NACK/RTX on both sides, TWCC and the pacer.
+            .set_rtp_mode(true)
             // DESIGN §7 "Metadata": mid, rid, repaired-rid, transport-cc, abs-send-time,
             // and the audio level only where the level allows it.
             .clear_extension_map()
@@ -766,6 +817,7 @@ impl Sfu {
                     },
                     layer: t.current,
                     frames: t.frames,
+                    packets: t.packets,
                 })
                 .collect(),
             estimate_bps: p.estimate_bps,
@@ -831,6 +883,11 @@ impl Sfu {
         }
         p.timeout = now;
         self.mark(id);
+        // Take the packet now (see `received`); forwarding waits for the next drive so a
+        // batch of datagrams still costs each subscriber's session one poll.
+        let mut work = std::mem::take(&mut self.received);
+        self.poll_participant(now, id, &mut work);
+        self.received = work;
     }
 
     fn end_session(&mut self, id: ParticipantId, reason: SessionError) {
@@ -906,6 +963,10 @@ impl Sfu {
         let wanted = std::mem::take(&mut self.keyframes_wanted);
         for ask in wanted {
             self.request_keyframe(now, ask);
+        }
+        let received = std::mem::take(&mut self.received);
+        if !received.is_empty() {
+            self.apply(now, received);
         }
         // Each pass forwards what the previous one received; forwarding only writes into
         // other sessions, which yields transmits but no new work, so this ends.
@@ -1076,6 +1137,8 @@ impl Sfu {
                     meter: LayerMeter::default(),
                     simulcast: false,
                     last_keyframe_request: HashMap::new(),
+                    loss: Vec::new(),
+                    params: None,
                 });
                 let track = TrackId {
                     publisher: id,
@@ -1101,25 +1164,69 @@ impl Sfu {
                     self.push_event(Some(id), Event::TrackUnpublished { track });
                 }
             }
-            str0m::Event::MediaData(d) => {
-                if let Some(t) = p.tracks_in.iter_mut().find(|t| t.mid == d.mid) {
-                    if let Some(rid) = d.rid {
-                        t.simulcast = true;
-                        t.meter.record(rid, now, d.data.len());
+            str0m::Event::RtpPacket(packet) => {
+                // The stream names the track (mid) and layer (rid): the header carries them
+                // only until the publisher knows its SSRC is bound.
+                let Some((mid, rid)) = p
+                    .rtc
+                    .direct_api()
+                    .stream_rx(&packet.header.ssrc)
+                    .map(|rx| (rx.mid(), rx.rid()))
+                else {
+                    return;
+                };
+                let Some(t) = p.tracks_in.iter_mut().find(|t| t.mid == mid) else {
+                    return;
+                };
+                let pt = packet.header.payload_type;
+                let params = match t.params {
+                    Some(params) if params.pt() == pt => params,
+                    _ => {
+                        let Some(params) =
+                            p.rtc.codec_config().iter().find(|c| c.pt() == pt).copied()
+                        else {
+                            return;
+                        };
+                        t.params = Some(params);
+                        params
                     }
-                    if !d.contiguous && t.kind == MediaKind::Video {
-                        // Frames were lost for good (NACK/RTX did not recover them).
+                };
+                if let Some(rid) = rid {
+                    t.simulcast = true;
+                    t.meter.record(rid, now, packet.payload.len());
+                }
+                let (mut keyframe, mut descriptor) = (false, None);
+                if t.kind == MediaKind::Video {
+                    descriptor = Vp8Descriptor::parse(&packet.payload);
+                    keyframe = descriptor.is_some_and(|d| d.starts_keyframe(&packet.payload));
+                    let i = match t.loss.iter().position(|(r, _)| *r == rid) {
+                        Some(i) => i,
+                        None => {
+                            t.loss.push((rid, LossTracker::default()));
+                            t.loss.len() - 1
+                        }
+                    };
+                    if t.loss[i].1.record(now, *packet.seq_no) {
+                        // Packets were lost for good (NACK/RTX did not recover them).
                         work.keyframes.push(KeyframeAsk {
-                            track: TrackId {
-                                publisher: id,
-                                mid: d.mid,
-                            },
-                            rid: d.rid,
+                            track: TrackId { publisher: id, mid },
+                            rid,
                             kind: KeyframeRequestKind::Pli,
                         });
                     }
-                    work.media.push((id, d));
                 }
+                if packet.payload.is_empty() {
+                    return;
+                }
+                work.media.push(Incoming {
+                    publisher: id,
+                    mid,
+                    rid,
+                    params,
+                    keyframe,
+                    vp8: descriptor,
+                    packet,
+                });
             }
             str0m::Event::KeyframeRequest(r) => {
                 if let Some(t) = p.tracks_out.iter().find(|t| t.state.mid() == Some(r.mid)) {
@@ -1170,24 +1277,28 @@ impl Sfu {
             }
         }
         let mut asks = work.keyframes;
-        for (publisher, data) in work.media {
-            self.forward(publisher, &data, &mut asks);
+        for incoming in &work.media {
+            self.forward(incoming, &mut asks);
         }
         for ask in asks {
             self.request_keyframe(now, ask);
         }
     }
 
-    /// Writes one incoming frame to every subscriber of its track in the publisher's room.
-    fn forward(&mut self, publisher: ParticipantId, data: &MediaData, asks: &mut Vec<KeyframeAsk>) {
+    /// Writes one incoming RTP packet to every subscriber of its track in the publisher's
+    /// room. The payload is shared (`Arc<[u8]>`), not copied, per subscriber; str0m copies
+    /// it once more into each subscriber's datagram when it encrypts it.
+    fn forward(&mut self, data: &Incoming, asks: &mut Vec<KeyframeAsk>) {
+        let publisher = data.publisher;
         let Some(src) = self.participants.get(&publisher) else {
             return;
         };
         let room = src.config.room;
+        let packet = &data.packet;
         let mut ranked = std::mem::take(&mut self.ranked_scratch);
         let simulcast = match src.tracks_in.iter().find(|t| t.mid == data.mid) {
             Some(t) if t.simulcast => {
-                t.meter.rank_into(data.network_time, &mut ranked);
+                t.meter.rank_into(packet.timestamp, &mut ranked);
                 true
             }
             _ => false,
@@ -1196,6 +1307,9 @@ impl Sfu {
             publisher,
             mid: data.mid,
         };
+        let hz = u64::from(data.params.spec().clock_rate.get());
+        let in_seq = *packet.seq_no;
+        let in_ticks = packet.time.numer();
         for (sid, s) in &mut self.participants {
             if *sid == publisher || s.config.room != room {
                 continue;
@@ -1208,14 +1322,20 @@ impl Sfu {
             let OutState::Open(mid) = t.state else {
                 continue;
             };
-            let mut time = data.time;
             if let (Some(rid), true) = (data.rid, simulcast) {
                 t.target =
                     simulcast::choose(&ranked, simulcast::video_share(estimate, audio, video));
                 if t.current != Some(rid) {
                     if t.target == Some(rid) {
-                        if data.is_keyframe() {
-                            t.switch_to(rid, data);
+                        if data.keyframe {
+                            t.current = Some(rid);
+                            t.timeline.switch_to(
+                                in_seq,
+                                in_ticks,
+                                hz,
+                                packet.timestamp,
+                                data.vp8.as_ref(),
+                            );
                         } else {
                             asks.push(KeyframeAsk {
                                 track,
@@ -1228,31 +1348,59 @@ impl Sfu {
                         continue;
                     }
                 }
-                time = t.rebase(data);
             }
-            let Some(writer) = s.rtc.writer(mid) else {
+            let pt = match t.pt {
+                Some((from, to)) if from == data.params.pt() => to,
+                _ => {
+                    let Some(to) = s
+                        .rtc
+                        .codec_config()
+                        .match_params(data.params)
+                        .map(|p| p.pt())
+                    else {
+                        continue;
+                    };
+                    t.pt = Some((data.params.pt(), to));
+                    to
+                }
+            };
+            let Some(out) = t
+                .timeline
+                .map(in_seq, in_ticks, packet.timestamp, data.vp8.as_ref())
+            else {
                 continue;
             };
-            let Some(pt) = writer.match_params(data.params) else {
+            // DESIGN §7 "Metadata": the audio level only where the subscriber's level allows
+            // it; mid, rid, transport-cc and abs-send-time are str0m's own per session.
+            let mut ext_vals = ExtensionValues::default();
+            if s.config.audio_level {
+                ext_vals.audio_level = packet.header.ext_vals.audio_level;
+                ext_vals.voice_activity = packet.header.ext_vals.voice_activity;
+            }
+            let mut write = RtpWrite::new(
+                pt,
+                SeqNo::from(out.seq),
+                out.time,
+                packet.timestamp,
+                packet.payload.clone(),
+            )
+            .marker(packet.header.marker)
+            .ext_vals(ext_vals)
+            .nackable(t.kind == MediaKind::Video);
+            if let Some(patch) = vp8_patch(&packet.payload, data.vp8.as_ref(), &out) {
+                write = write.vp8_patch(patch);
+            }
+            let mut api = s.rtc.direct_api();
+            let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+                self.counters.write_errors += 1;
                 continue;
             };
-            let writer = match (s.config.audio_level, data.ext_vals.audio_level) {
-                (true, Some(level)) => {
-                    writer.audio_level(level, data.ext_vals.voice_activity.unwrap_or(false))
-                }
-                _ => writer,
-            };
-            match writer.write(pt, data.network_time, time, data.data.clone()) {
-                Ok(()) => {
-                    t.frames += 1;
-                    t.last_out = Some((time.numer(), data.network_time));
-                    s.mark_dirty(*sid, &mut self.dirty);
-                }
-                Err(e) => {
-                    self.counters.write_errors += 1;
-                    tracing::debug!(participant = %sid, error = %e, "write refused");
-                }
+            tx.write_rtp(write);
+            t.packets += 1;
+            if t.kind == MediaKind::Audio || packet.header.marker {
+                t.frames += 1;
             }
+            s.mark_dirty(*sid, &mut self.dirty);
         }
         self.ranked_scratch = ranked;
     }
@@ -1276,13 +1424,12 @@ impl Sfu {
             self.counters.keyframe_requests_throttled += 1;
             return;
         }
-        let Some(mut writer) = p.rtc.writer(ask.track.mid) else {
-            return;
-        };
-        if writer.request_keyframe(ask.rid, ask.kind).is_err() {
+        let mut api = p.rtc.direct_api();
+        let Some(rx) = api.stream_rx_by_mid(ask.track.mid, ask.rid) else {
             // No incoming stream for that rid yet: nothing to ask.
             return;
-        }
+        };
+        rx.request_keyframe(ask.kind);
         t.last_keyframe_request.insert(ask.rid, now);
         p.mark_dirty(ask.track.publisher, &mut self.dirty);
         p.kf_forwarded += 1;
@@ -1350,31 +1497,287 @@ impl TrackOut {
             state: OutState::ToOpen,
             current: None,
             target: None,
-            time_offset: 0,
-            last_out: None,
+            timeline: Timeline::default(),
+            pt: None,
             frames: 0,
+            packets: 0,
         }
     }
+}
 
-    /// Starts forwarding layer `rid` from this keyframe on, continuing the output timeline.
-    fn switch_to(&mut self, rid: Rid, data: &MediaData) {
-        self.current = Some(rid);
+impl Timeline {
+    /// Continues the output with another layer from its keyframe packet on: the next
+    /// sequence number, RTP time advanced by the arrival time since the last output, the
+    /// next picture id.
+    fn switch_to(
+        &mut self,
+        in_seq: u64,
+        in_ticks: u64,
+        hz: u64,
+        arrival: Instant,
+        vp8: Option<&Vp8Descriptor>,
+    ) {
+        if self.seq_offset.is_some() {
+            self.seq_offset = Some(self.last_seq as i64 + 1 - in_seq as i64);
+        }
+        self.seq_floor = in_seq;
         if let Some((last_ticks, last_at)) = self.last_out {
-            let hz = data.time.frequency().get() as u128;
-            let elapsed = data
-                .network_time
-                .saturating_duration_since(last_at)
-                .as_micros();
-            let advance = (elapsed * hz / 1_000_000).max(1) as i64;
+            let elapsed = arrival.saturating_duration_since(last_at).as_micros();
+            let advance = (elapsed * u128::from(hz) / 1_000_000).max(1) as i64;
             let want = last_ticks as i64 + advance;
-            self.time_offset = want - data.time.numer() as i64;
+            self.time_offset = want - in_ticks as i64;
+        }
+        if let Some(d) = vp8 {
+            if let (Some((pid, _)), Some(last)) = (d.picture_id, self.last_pid) {
+                self.pid_offset = last.wrapping_add(1).wrapping_sub(pid);
+            }
+            if let (Some(tl0), Some(last)) = (d.tl0_pic_idx, self.last_tl0) {
+                self.tl0_offset = last.wrapping_add(1).wrapping_sub(tl0);
+            }
         }
     }
 
-    fn rebase(&self, data: &MediaData) -> MediaTime {
-        let ticks = (data.time.numer() as i64)
-            .saturating_add(self.time_offset)
-            .max(0);
-        MediaTime::new(ticks as u64, data.time.frequency())
+    /// The output numbers of one input packet of the forwarded layer; None for a packet
+    /// from before the last switch (it would land on the previous layer's numbers).
+    fn map(
+        &mut self,
+        in_seq: u64,
+        in_ticks: u64,
+        arrival: Instant,
+        vp8: Option<&Vp8Descriptor>,
+    ) -> Option<Mapped> {
+        if in_seq < self.seq_floor {
+            return None;
+        }
+        // The first output packet keeps the input's 16-bit number but starts the rollover
+        // counter at 0, as a receiver expects (RFC 3711 §3.3.1) even when the publisher's
+        // stream wrapped before this subscriber joined.
+        let offset = *self.seq_offset.get_or_insert(-((in_seq & !0xffff) as i64));
+        let seq = u64::try_from(in_seq as i64 + offset).ok()?;
+        let ticks = (in_ticks as i64).saturating_add(self.time_offset).max(0) as u64;
+        self.last_seq = self.last_seq.max(seq);
+        if self.last_out.is_none_or(|(t, _)| ticks >= t) {
+            self.last_out = Some((ticks, arrival));
+        }
+        let picture_id = vp8.and_then(|d| d.picture_id).map(|(pid, long)| {
+            let mask: u16 = if long { 0x7fff } else { 0x7f };
+            let pid = pid.wrapping_add(self.pid_offset) & mask;
+            // Keep the newest (a retransmission of an old frame must not move it back).
+            if self
+                .last_pid
+                .is_none_or(|last| pid.wrapping_sub(last) & mask <= mask / 2)
+            {
+                self.last_pid = Some(pid);
+            }
+            pid
+        });
+        let tl0_pic_idx = vp8
+            .and_then(|d| d.tl0_pic_idx)
+            .map(|t| t.wrapping_add(self.tl0_offset));
+        if let Some(tl0) = tl0_pic_idx {
+            if self
+                .last_tl0
+                .is_none_or(|last| tl0.wrapping_sub(last) < 0x80)
+            {
+                self.last_tl0 = Some(tl0);
+            }
+        }
+        Some(Mapped {
+            seq,
+            // RTP time is 32 bits on the wire (RFC 3550 §5.1): wrap.
+            time: ticks as u32,
+            picture_id,
+            tl0_pic_idx,
+        })
+    }
+}
+
+/// The descriptor rewrite that carries the mapped picture id and TL0PICIDX, if either
+/// differs from the input (str0m applies it while serializing: the shared payload stays
+/// as it is).
+fn vp8_patch(
+    payload: &[u8],
+    vp8: Option<&Vp8Descriptor>,
+    out: &Mapped,
+) -> Option<str0m::rtp::Vp8Patch> {
+    let d = vp8?;
+    let pid = out
+        .picture_id
+        .filter(|p| Some(*p) != d.picture_id.map(|x| x.0));
+    let tl0 = out.tl0_pic_idx.filter(|t| Some(*t) != d.tl0_pic_idx);
+    if pid.is_none() && tl0.is_none() {
+        return None;
+    }
+    let mut builder = str0m::rtp::Vp8Descriptor::parse(payload).ok()?.patch();
+    if let Some(pid) = pid {
+        builder = builder.picture_id(pid);
+    }
+    if let Some(tl0) = tl0 {
+        builder = builder.tl0_pic_idx(tl0);
+    }
+    builder.build().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A VP8 first-packet descriptor with a 15-bit picture id and TL0PICIDX.
+    fn vp8(picture_id: u16, tl0: u8) -> Vp8Descriptor {
+        let p = [
+            0x90,
+            0xe0,
+            0x80 | (picture_id >> 8) as u8,
+            picture_id as u8,
+            tl0,
+            0x00,
+            0x10,
+        ];
+        Vp8Descriptor::parse(&p).expect("valid descriptor")
+    }
+
+    /// Layer "l" runs from sequence 1000 / time 90 000 / picture id 300; at 1 s the
+    /// subscriber switches to layer "h", which numbers everything differently (sequence
+    /// 60 000 near the 16-bit wrap, time 5 000 000, picture id 32 760 near the 15-bit
+    /// wrap). The output stays one stream: every sequence number once, in order, no gap;
+    /// time and picture ids keep increasing.
+    #[test]
+    fn a_layer_switch_continues_sequence_time_and_picture_id() {
+        let t0 = Instant::now();
+        let frame = Duration::from_millis(33);
+        let mut tl = Timeline::default();
+        let mut out = Vec::new();
+        // Layer l: 30 frames of 2 packets.
+        for f in 0..30u64 {
+            for k in 0..2u64 {
+                let at = t0 + frame * f as u32;
+                let d = vp8(300 + f as u16, 7 + f as u8);
+                out.push(
+                    tl.map(1000 + 2 * f + k, 90_000 + 2970 * f, at, Some(&d))
+                        .expect("present in this test"),
+                );
+            }
+        }
+        // A retransmission of l arriving late still maps into l's range.
+        let late = tl
+            .map(1001, 90_000, t0 + frame * 30, Some(&vp8(300, 7)))
+            .expect("present in this test");
+        assert_eq!(late.seq, out[1].seq);
+        // Switch to h at its keyframe; h wraps its 16-bit sequence and 15-bit picture id.
+        let switch_at = t0 + frame * 30;
+        let h_seq = 65_530u64;
+        let h_time = 5_000_000u64;
+        let first = vp8(32_760, 200);
+        tl.switch_to(h_seq, h_time, 90_000, switch_at, Some(&first));
+        // A packet of h from before its keyframe is not forwarded (it would reuse numbers).
+        assert_eq!(
+            tl.map(h_seq - 1, h_time - 2970, switch_at, Some(&first)),
+            None
+        );
+        for f in 0..30u64 {
+            for k in 0..3u64 {
+                let at = switch_at + frame * f as u32;
+                let pid = (32_760 + f as u16) & 0x7fff;
+                let d = vp8(pid, 200u8.wrapping_add(f as u8));
+                out.push(
+                    tl.map(h_seq + 3 * f + k, h_time + 2970 * f, at, Some(&d))
+                        .expect("present in this test"),
+                );
+            }
+        }
+        for w in out.windows(2) {
+            let (a, b) = (w[0], w[1]);
+            assert_eq!(b.seq, a.seq + 1, "sequence continues: {a:?} -> {b:?}");
+            assert!(b.time >= a.time, "time does not go back: {a:?} -> {b:?}");
+            let (pa, pb) = (
+                a.picture_id.expect("present in this test"),
+                b.picture_id.expect("present in this test"),
+            );
+            let step = pb.wrapping_sub(pa) & 0x7fff;
+            assert!(step <= 1, "picture id continues: {pa} -> {pb}");
+            let step = b
+                .tl0_pic_idx
+                .expect("present in this test")
+                .wrapping_sub(a.tl0_pic_idx.expect("present in this test"));
+            assert!(step <= 1, "TL0PICIDX continues: {a:?} -> {b:?}");
+        }
+        // At the switch: one frame interval of time later, next picture id.
+        let (before, after) = (out[59], out[60]);
+        assert_eq!(after.time - before.time, 2970);
+        assert_eq!(after.picture_id, Some(300 + 29 + 1));
+        // The first output packet kept the publisher's 16-bit number with rollover 0.
+        assert_eq!(out[0].seq, 1000);
+    }
+
+    /// A subscriber that joins after the publisher's sequence numbers wrapped starts with
+    /// rollover counter 0 (it could not know the publisher's), then follows the wrap.
+    #[test]
+    fn a_late_subscriber_starts_at_rollover_zero() {
+        let t0 = Instant::now();
+        let mut tl = Timeline::default();
+        let seq = 3 * 65_536 + 65_535;
+        assert_eq!(
+            tl.map(seq, 0, t0, None).expect("present in this test").seq,
+            65_535
+        );
+        assert_eq!(
+            tl.map(seq + 1, 0, t0, None)
+                .expect("present in this test")
+                .seq,
+            65_536
+        );
+        // Reordered from before the first packet, across the wrap: no underflow.
+        assert_eq!(
+            tl.map(seq - 1, 0, t0, None)
+                .expect("present in this test")
+                .seq,
+            65_534
+        );
+        let mut tl = Timeline::default();
+        assert_eq!(
+            tl.map(65_536, 0, t0, None)
+                .expect("present in this test")
+                .seq,
+            0
+        );
+        assert_eq!(tl.map(65_535, 0, t0, None), None);
+    }
+
+    #[test]
+    fn picture_ids_are_patched_only_when_they_change() {
+        let payload = [0x90, 0xe0, 0x80 | 0x01, 0x02, 0x05, 0x00, 0x10];
+        let d = Vp8Descriptor::parse(&payload).expect("present in this test");
+        let same = Mapped {
+            seq: 0,
+            time: 0,
+            picture_id: Some(0x0102),
+            tl0_pic_idx: Some(5),
+        };
+        assert!(vp8_patch(&payload, Some(&d), &same).is_none());
+        let moved = Mapped {
+            picture_id: Some(0x0203),
+            tl0_pic_idx: Some(9),
+            ..same
+        };
+        let patch = vp8_patch(&payload, Some(&d), &moved).expect("a patch");
+        let want = str0m::rtp::Vp8Descriptor::parse(&payload)
+            .expect("present in this test")
+            .patch()
+            .picture_id(0x0203)
+            .tl0_pic_idx(9)
+            .build()
+            .expect("present in this test");
+        assert_eq!(patch, want);
+        let only_pid = Mapped {
+            picture_id: Some(0x0203),
+            ..same
+        };
+        let want = str0m::rtp::Vp8Descriptor::parse(&payload)
+            .expect("present in this test")
+            .patch()
+            .picture_id(0x0203)
+            .build()
+            .expect("present in this test");
+        assert_eq!(vp8_patch(&payload, Some(&d), &only_pid), Some(want));
     }
 }

@@ -54,6 +54,9 @@ pub struct Net {
     pub loss: f64,
     pub delay: Duration,
     pub jitter: Duration,
+    /// Deliver in bursts: arrival times rounded up to the next multiple of the period
+    /// after the origin, as a server that reads its socket in batches sees them.
+    pub batch: Option<(Instant, Duration)>,
     seq: u64,
     queue: BinaryHeap<Reverse<(Instant, u64)>>,
     packets: HashMap<u64, Packet>,
@@ -66,6 +69,7 @@ impl Net {
             loss: 0.0,
             delay: Duration::from_millis(10),
             jitter: Duration::ZERO,
+            batch: None,
             seq: 0,
             queue: BinaryHeap::new(),
             packets: HashMap::new(),
@@ -81,9 +85,15 @@ impl Net {
         } else {
             Duration::from_micros(self.rng.gen_range(0..self.jitter.as_micros() as u64))
         };
+        let mut at = now + self.delay + jitter;
+        if let Some((origin, period)) = self.batch {
+            let since = at.saturating_duration_since(origin).as_nanos();
+            let period = period.as_nanos().max(1);
+            let slots = since.div_ceil(period);
+            at = origin + Duration::from_nanos((slots * period) as u64);
+        }
         self.seq += 1;
-        self.queue
-            .push(Reverse((now + self.delay + jitter, self.seq)));
+        self.queue.push(Reverse((at, self.seq)));
         self.packets.insert(self.seq, p);
     }
 

@@ -75,6 +75,34 @@ fn three_party_media_flows_through_five_percent_loss() {
     }
 }
 
+/// The server reads datagrams in batches and calls `handle_input` for each before it polls.
+/// str0m in RTP mode holds one received packet until it is polled; every packet of a burst
+/// from one publisher must still be forwarded (no loss on the network here, so nearly
+/// every frame must arrive).
+#[test]
+fn every_packet_of_a_burst_from_one_publisher_is_forwarded() {
+    let mut w = World::new(seed("burst"));
+    w.net.batch = Some((w.now, Duration::from_millis(20)));
+    for _ in 0..3 {
+        w.join(AV);
+    }
+    w.run_for(Duration::from_secs(3));
+    let got_before = w.client(1).video_frames_from(w.id(0));
+    let sent_before = w.clients[0].frame_no_video();
+    w.run_for(Duration::from_secs(10));
+    let got = w.client(1).video_frames_from(w.id(0)) - got_before;
+    let sent = w.clients[0].frame_no_video() - sent_before;
+    println!(
+        "burst delivery {got}/{sent}; counters {:?}",
+        w.sfu.counters()
+    );
+    assert!(sent > 250, "video is sent ({sent})");
+    assert!(
+        got as f64 >= sent as f64 * 0.97,
+        "frames lost in bursts: {got} of {sent}"
+    );
+}
+
 /// A subscriber that asks for a keyframe every 10 ms for 10 s gets the publisher asked at
 /// most once per configured interval (1 s), and at least a few times.
 #[test]
