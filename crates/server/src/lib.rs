@@ -12,7 +12,6 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod delivery;
-pub mod egress;
 pub mod http;
 pub mod live;
 pub mod media;

@@ -6,17 +6,13 @@
 //! a meeting (leave, removal, revocation, disconnect) removes its transport through
 //! [`MediaHandle::remove`] at the moment of the decision.
 
-use crate::egress::{self, Egress};
-use quinn_udp::{RecvMeta, UdpSocketState};
 use sealroom_proto::{RemoteTrack, Source};
 use sealroom_sfu::{
     Event, Input, Output, ParticipantConfig, ParticipantId, RoomId, Sfu, SfuConfig, SourceFilter,
 };
 use std::collections::HashMap;
-use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::time::Instant;
-use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
@@ -25,13 +21,8 @@ use tokio::sync::{mpsc, oneshot};
 /// turns an overload into seconds of delay instead of loss.
 const MEDIA_SOCKET_BUFFER: usize = 1 << 20;
 
-/// Largest datagram the media socket expects from a client (an Ethernet MTU's payload).
-const RECV_DATAGRAM: usize = 1500;
-
-/// Datagrams the core may produce before they are sent, even if it has more: bounds the
-/// delay the first of them waits for the last. The drain of one receive batch (32
-/// datagrams) of a 24-person meeting is about 700 datagrams.
-const EGRESS_BATCH: usize = 1024;
+/// Datagrams read from the socket per wakeup before the core is drained.
+const RECV_BATCH: usize = 32;
 
 /// What the media edge tells a participant's socket task.
 #[derive(Debug, Clone)]
@@ -198,38 +189,20 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<Cmd>,
     events: mpsc::UnboundedSender<(u64, MediaEvent)>,
 ) {
-    let state = match UdpSocketState::new((&socket).into()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "media socket: cannot set up batched I/O; media is off");
-            return;
-        }
-    };
     let mut parts: HashMap<u64, Part> = HashMap::new();
-    let mut egress = Egress::default();
-    // One buffer per message of a recvmmsg batch, each large enough for a GRO train of
-    // datagrams. Zeroed allocations stay untouched (and not resident) until the kernel
-    // writes to them.
-    let slot = RECV_DATAGRAM * state.gro_segments();
-    let mut buf = vec![0u8; slot * quinn_udp::BATCH_SIZE];
-    let mut meta = vec![RecvMeta::default(); quinn_udp::BATCH_SIZE];
+    let mut buf = vec![0u8; 2000];
     loop {
-        let deadline = drain(&mut sfu, &socket, &state, &mut egress, &mut parts, &events).await;
+        let deadline = drain(&mut sfu, &socket, &mut parts, &events).await;
         tokio::select! {
-            r = socket.readable() => {
-                if r.is_err() {
-                    continue;
-                }
-                // Everything already queued, in one call: the core then polls each touched
-                // session once for the whole batch.
-                let mut slices: Vec<IoSliceMut<'_>> = buf.chunks_mut(slot).map(IoSliceMut::new).collect();
-                let got = socket.try_io(Interest::READABLE, || state.recv((&socket).into(), &mut slices, &mut meta));
-                drop(slices);
-                let Ok(n) = got else { continue };
-                let now = Instant::now();
-                for (m, chunk) in meta.iter().zip(buf.chunks(slot)).take(n) {
-                    for contents in egress::datagrams(&chunk[..m.len], m.stride) {
-                        sfu.handle_input(now, Input::Receive { source: m.addr, destination: advertised, contents });
+            r = socket.recv_from(&mut buf) => {
+                if let Ok((n, source)) = r {
+                    let now = Instant::now();
+                    sfu.handle_input(now, Input::Receive { source, destination: advertised, contents: &buf[..n] });
+                    // Take what else is already queued before draining once: the core then
+                    // polls each touched session once for the whole batch.
+                    for _ in 1..RECV_BATCH {
+                        let Ok((n, source)) = socket.try_recv_from(&mut buf) else { break };
+                        sfu.handle_input(now, Input::Receive { source, destination: advertised, contents: &buf[..n] });
                     }
                 }
             }
@@ -299,8 +272,6 @@ fn apply(sfu: &mut Sfu, parts: &mut HashMap<u64, Part>, cmd: Cmd) {
 async fn drain(
     sfu: &mut Sfu,
     socket: &UdpSocket,
-    state: &UdpSocketState,
-    egress: &mut Egress,
     parts: &mut HashMap<u64, Part>,
     events: &mpsc::UnboundedSender<(u64, MediaEvent)>,
 ) -> Instant {
@@ -312,10 +283,8 @@ async fn drain(
                 contents,
                 ..
             } => {
-                egress.push(destination, contents);
-                if egress.len() >= EGRESS_BATCH {
-                    egress.flush(socket, state);
-                }
+                // A full socket buffer drops the datagram, as the network would.
+                let _ = socket.try_send_to(&contents, destination);
             }
             Output::Event(e) => match e {
                 Event::Offer { participant, sdp } => {
@@ -353,8 +322,6 @@ async fn drain(
             Output::Timeout(t) => break t,
         }
     };
-    // A full socket buffer drops datagrams, as the network would.
-    egress.flush(socket, state);
     if tracks_changed {
         send_tracks(sfu, parts, events);
     }
