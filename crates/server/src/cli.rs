@@ -171,6 +171,14 @@ enum AuditCmd {
         #[arg(long, allow_hyphen_values = true)]
         meeting: Option<String>,
     },
+    /// Verify the log, then report one meeting for an investigator (Markdown, or JSON with
+    /// --json): participants with device, network and media path, refusals, key epochs, host
+    /// actions, timeline. Exits 1 if the log is broken (the report then says so first).
+    Report {
+        /// The meeting's id.
+        #[arg(allow_hyphen_values = true)]
+        meeting: String,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -527,6 +535,46 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     );
                     ExitCode::FAILURE
                 }
+            });
+        }
+        Cmd::Audit(AuditCmd::Report { meeting }) => {
+            use crate::report;
+            let verified =
+                sealroom_store::audit::verify(store.pool(), &keys.audit.verifying_key()).await?;
+            let log = sealroom_store::audit::entries(store.pool()).await?;
+            let integrity = match &verified {
+                Ok(r) => report::Integrity {
+                    ok: true,
+                    entries: r.entries,
+                    checkpoints: r.checkpoints,
+                    head: r.head_hash.clone(),
+                    first_bad_entry: None,
+                    error: None,
+                },
+                Err(e) => report::Integrity {
+                    ok: false,
+                    entries: i64::try_from(log.len()).unwrap_or(i64::MAX),
+                    checkpoints: 0,
+                    head: log.last().map(|e| e.hash.clone()).unwrap_or_default(),
+                    first_bad_entry: Some(e.seq()),
+                    error: Some(e.to_string()),
+                },
+            };
+            let row = store.meeting(&meeting).await?;
+            let probe = format!("probe:{}", keys.meeting_id_hmac(&meeting));
+            let r = report::build(&meeting, row.as_ref(), integrity, &log, &probe);
+            if r.meeting.is_none() && r.timeline.is_empty() {
+                anyhow::bail!("no meeting {meeting} and no audit entries about it");
+            }
+            if json_out {
+                println!("{}", serde_json::to_value(&r)?);
+            } else {
+                print!("{}", report::markdown(&r));
+            }
+            return Ok(if r.integrity.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
             });
         }
         Cmd::Audit(AuditCmd::Show { meeting }) => {

@@ -16,6 +16,7 @@ pub mod http;
 pub mod live;
 pub mod media;
 pub mod ops;
+pub mod report;
 pub mod server;
 pub mod state;
 pub mod tls;

@@ -634,6 +634,10 @@ async fn audit_verify_names_the_first_edited_deleted_or_swapped_entry() {
     for _ in 0..5 {
         probe.join("nope").await;
     }
+    // Someone not invited tries the real meeting: audited under the id's HMAC only.
+    let mallory = s.member("mallory").await;
+    let mut m = mallory.ws().await;
+    assert!(matches!(m.join(&id).await, ServerMsg::Refused { .. }));
     let dir = s.dir.path().to_path_buf();
     let TestServer {
         running, dir: tmp, ..
@@ -643,6 +647,31 @@ async fn audit_verify_names_the_first_edited_deleted_or_swapped_entry() {
     assert!(ok, "{v}");
     let n = v["entries"].as_i64().expect("entries");
     assert!(n >= 10, "{v}");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sealroom"))
+        .args(["--json", "audit", "report", &id, "--data-dir"])
+        .arg(&dir)
+        .output()
+        .await
+        .expect("cli");
+    assert!(out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let refusals = report["refusals"].as_array().expect("refusals");
+    assert!(
+        refusals.iter().any(|f| f["actor"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("user:mallory/"))),
+        "the uninvited attempt is in the meeting's report: {report}"
+    );
+    let refused_joins = report["timeline"]
+        .as_array()
+        .expect("timeline")
+        .iter()
+        .filter(|l| l["kind"] == "join.refused")
+        .count();
+    assert_eq!(
+        refused_joins, 1,
+        "bob's five probes of another id are not this meeting's: {report}"
+    );
 
     let copy = |name: &str| {
         let d = tmp.path().join(name);
@@ -680,6 +709,19 @@ async fn audit_verify_names_the_first_edited_deleted_or_swapped_entry() {
         let (ok, v) = verify_cli(&d).await;
         assert!(!ok, "{} verified after tampering", d.display());
         assert_eq!(v["first_bad_entry"], first_bad, "{v}");
+        // The meeting's report over a tampered log says so first and exits 1.
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sealroom"))
+            .args(["audit", "report", &id, "--data-dir"])
+            .arg(&d)
+            .output()
+            .await
+            .expect("cli");
+        let md = String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "{md}");
+        assert!(
+            md.contains(&format!("**AUDIT LOG BROKEN** at entry {first_bad}")),
+            "{md}"
+        );
         println!(
             "{}: {}",
             d.file_name().and_then(|x| x.to_str()).unwrap_or(""),

@@ -593,6 +593,46 @@ async fn media_from_a_network_the_level_refuses_is_never_used_and_ends_participa
             .any(|l| l.contains("media.path") && l.contains("127.0.0.1") && !l.contains("refused")),
         "carol's path is audited:\n{log}"
     );
+    // The investigator's report of the meeting: the log verified, both people with their
+    // device, network and media path, bob's refused path with its reason.
+    let out = s.cli(&["--json", "audit", "report", &id]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report json");
+    assert_eq!(report["integrity"]["ok"], true, "{report}");
+    let people = report["participants"].as_array().expect("participants");
+    let person = |name: &str| {
+        people
+            .iter()
+            .find(|p| p["user"] == name)
+            .unwrap_or_else(|| panic!("{name} in the report: {report}"))
+    };
+    assert!(
+        person("carol")["media_paths"][0]
+            .as_str()
+            .is_some_and(|p| p.starts_with("127.0.0.1 (")),
+        "{report}"
+    );
+    assert_eq!(person("bob")["admitted"], 1, "{report}");
+    assert_eq!(person("bob")["media_ended"], "NeverConnected", "{report}");
+    assert!(person("bob")["media_paths"]
+        .as_array()
+        .is_some_and(|a| a.is_empty()));
+    let refusals = report["refusals"].as_array().expect("refusals");
+    assert!(
+        refusals
+            .iter()
+            .any(|f| f["kind"] == "media.path_refused" && f["source"] == "127.0.0.2"),
+        "{report}"
+    );
+    let md = s.cli(&["audit", "report", &id]).await;
+    let md = String::from_utf8_lossy(&md.stdout);
+    println!("{md}");
+    assert!(md.contains("**Audit log verified**"), "{md}");
+    assert!(md.contains("| bob |"), "{md}");
     let (carol_stats, _) = carol_media.stop().await;
     assert!(carol_stats.connected_after.is_some());
     let _ = bob_media.stop().await;
