@@ -561,8 +561,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
             };
             let row = store.meeting(&meeting).await?;
+            let organiser = match &row {
+                Some(m) => store.user(&m.organiser_id).await?.map(|u| u.name),
+                None => None,
+            };
             let probe = format!("probe:{}", keys.meeting_id_hmac(&meeting));
-            let r = report::build(&meeting, row.as_ref(), integrity, &log, &probe);
+            let r = report::build(
+                &meeting,
+                row.as_ref(),
+                organiser.as_deref(),
+                integrity,
+                &log,
+                &probe,
+            );
             if r.meeting.is_none() && r.timeline.is_empty() {
                 anyhow::bail!("no meeting {meeting} and no audit entries about it");
             }

@@ -30,6 +30,8 @@ pub struct MeetingInfo {
     pub title: String,
     pub level: String,
     pub organiser_id: String,
+    /// The organiser's user name, if the user still exists.
+    pub organiser: Option<String>,
     pub created_at: String,
     pub lobby: bool,
     pub locked: bool,
@@ -56,7 +58,7 @@ pub struct Participant {
     pub first_admitted_at: Option<String>,
     pub last_left_at: Option<String>,
     pub last_left_how: Option<String>,
-    /// Removed or ejected by a host.
+    /// Removed by a host, or ejected by the server (revoked device, disabled user).
     pub removed: bool,
     /// Why the SFU last ended this device's media session (e.g. `NeverConnected`).
     pub media_ended: Option<String>,
@@ -108,7 +110,7 @@ pub struct Report {
     pub timeline: Vec<Line>,
 }
 
-/// Kinds a host (or the organiser, or the CLI) causes.
+/// Kinds a host, the organiser, the CLI or the server's own enforcement cause.
 const HOST_KINDS: &[&str] = &[
     "meeting.created",
     "meeting.locked",
@@ -125,6 +127,7 @@ const HOST_KINDS: &[&str] = &[
 pub fn build(
     meeting_id: &str,
     meeting: Option<&MeetingRow>,
+    organiser: Option<&str>,
     integrity: Integrity,
     log: &[StoredEntry],
     probe_subject: &str,
@@ -137,6 +140,7 @@ pub fn build(
             title: m.title.clone(),
             level: m.level.clone(),
             organiser_id: m.organiser_id.clone(),
+            organiser: organiser.map(str::to_string),
             created_at: utc(m.created_at),
             lobby: m.lobby,
             locked: m.locked,
@@ -202,8 +206,14 @@ pub fn build(
             e.kind.as_str(),
             "participant.removed" | "participant.ejected"
         ) {
-            if let (Some(who), Some(device)) = (text("who"), text("device")) {
-                let actor = format!("user:{who}/device:{device}");
+            // A host's removal names the person and device; the server's ejection (a
+            // revoked device, a disabled user) names the audited actor.
+            let actor = match (text("who"), text("device")) {
+                (Some(who), Some(device)) => Some(format!("user:{who}/device:{device}")),
+                (Some(who), None) if who.starts_with("user:") => Some(who),
+                _ => None,
+            };
+            if let Some(actor) = actor {
                 participant(&mut r.participants, &actor).removed = true;
             }
         }
@@ -353,7 +363,10 @@ pub fn markdown(r: &Report) -> String {
                 "Title: {}  \nLevel: {}  \nOrganiser: {}  \nCreated: {}  \nLobby: {}, locked now: {}\n",
                 cell(&m.title),
                 cell(&m.level),
-                cell(&m.organiser_id),
+                cell(&match &m.organiser {
+                    Some(name) => format!("{name} ({})", m.organiser_id),
+                    None => m.organiser_id.clone(),
+                }),
                 m.created_at,
                 if m.lobby { "on" } else { "off" },
                 if m.locked { "yes" } else { "no" }
@@ -455,7 +468,10 @@ pub fn markdown(r: &Report) -> String {
         let _ = writeln!(o);
     }
 
-    for (title, lines) in [("Host actions", &r.host_actions), ("Timeline", &r.timeline)] {
+    for (title, lines) in [
+        ("Host and server decisions", &r.host_actions),
+        ("Timeline", &r.timeline),
+    ] {
         let _ = writeln!(o, "## {title} ({})\n", lines.len());
         if lines.is_empty() {
             let _ = writeln!(o, "None.\n");
@@ -621,13 +637,22 @@ mod tests {
                 "127.0.0.1",
                 json!({"how": "removed"}),
             ),
+            entry(
+                12,
+                "participant.ejected",
+                "server",
+                "meeting:m1",
+                "127.0.0.1",
+                json!({"who": alice, "reason": "device_revoked"}),
+            ),
         ];
-        let r = build("m1", None, ok(), &log, "probe:abc");
-        assert_eq!(r.timeline.len(), 10, "entry 3 is another meeting's");
+        let r = build("m1", None, None, ok(), &log, "probe:abc");
+        assert_eq!(r.timeline.len(), 11, "entry 3 is another meeting's");
         let names: Vec<&str> = r.participants.iter().map(|p| p.user.as_str()).collect();
         assert_eq!(names, ["alice", "bob"]);
         let (a, b) = (&r.participants[0], &r.participants[1]);
         assert!(a.host && !b.host);
+        assert!(a.removed, "ejected by the server");
         assert_eq!(b.device, "d2");
         assert_eq!(
             b.networks.iter().collect::<Vec<_>>(),
@@ -656,7 +681,7 @@ mod tests {
         assert_eq!(r.epochs.len(), 1);
         assert_eq!(r.epochs[0].added, ["bob/d2"]);
         let host: Vec<i64> = r.host_actions.iter().map(|l| l.seq).collect();
-        assert_eq!(host, [1, 10]);
+        assert_eq!(host, [1, 10, 12]);
 
         let md = markdown(&r);
         assert!(md.contains("**Audit log verified**: 9 entries"), "{md}");
@@ -681,7 +706,7 @@ mod tests {
             error: Some("entry 1: hash mismatch".into()),
             ..ok()
         };
-        let md = markdown(&build("m1", None, broken, &log, "probe:x"));
+        let md = markdown(&build("m1", None, None, broken, &log, "probe:x"));
         assert!(
             md.starts_with("# Audit report: meeting m1\n\n**AUDIT LOG BROKEN** at entry 1"),
             "{md}"

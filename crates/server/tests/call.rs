@@ -603,6 +603,7 @@ async fn media_from_a_network_the_level_refuses_is_never_used_and_ends_participa
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("report json");
     assert_eq!(report["integrity"]["ok"], true, "{report}");
+    assert!(report["meeting"]["organiser"].is_string(), "{report}");
     let people = report["participants"].as_array().expect("participants");
     let person = |name: &str| {
         people
