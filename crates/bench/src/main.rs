@@ -54,6 +54,11 @@ struct Args {
     /// Length of each measured window, seconds.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Run every forwarding scenario this many times, alternating which SFU goes first. The
+    /// tables then use each SFU's median run by efficiency, and a table lists every run's
+    /// efficiency and the run-by-run ratios (the noise between runs, in the open).
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
     /// Media runs this long after everyone receives before the window opens, seconds.
     #[arg(long, default_value_t = 3)]
     warmup: u64,
@@ -605,6 +610,9 @@ fn run(args: &mut Args) -> anyhow::Result<std::process::ExitCode> {
         args.max_n = 2;
         args.capacity_seconds = 3;
     }
+    if args.repeat == 0 {
+        bail!("--repeat must be at least 1");
+    }
     if args.sizes.iter().any(|n| *n < 2) || args.join_n < 2 || args.max_n < 2 {
         bail!("meetings need at least 2 participants");
     }
@@ -693,6 +701,7 @@ fn run(args: &mut Args) -> anyhow::Result<std::process::ExitCode> {
         let direct = direct.ok();
         (scenarios(&env, &which, direct).await, direct)
     });
+    let (results, repeats) = results;
     let ctx = report::Context {
         topology: env.net.describe(),
         pinning: if args.no_pin {
@@ -715,7 +724,8 @@ fn run(args: &mut Args) -> anyhow::Result<std::process::ExitCode> {
         direct_delay_ms: direct,
         smoke: args.smoke,
     };
-    let md = report::markdown(&ctx, &results);
+    let mut md = report::markdown(&ctx, &results);
+    md.push_str(&report::repeats_markdown(&repeats));
     println!("{md}");
     let out = args
         .out
@@ -741,8 +751,13 @@ fn run(args: &mut Args) -> anyhow::Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-async fn scenarios(env: &Env, which: &[Which], direct: Option<(f64, f64)>) -> Vec<Outcome> {
+async fn scenarios(
+    env: &Env,
+    which: &[Which],
+    direct: Option<(f64, f64)>,
+) -> (Vec<Outcome>, Vec<report::Repeats>) {
     let mut out = Vec::new();
+    let mut repeats = Vec::new();
     let label = |w: Which| match w {
         Which::Janus => "janus",
         _ => "sealroom",
@@ -750,6 +765,7 @@ async fn scenarios(env: &Env, which: &[Which], direct: Option<(f64, f64)>) -> Ve
     let mut sizes = env.args.sizes.clone();
     sizes.sort_unstable();
     sizes.dedup();
+    let rounds = env.args.repeat.max(1);
     for (media, group) in [
         (Media::Audio, Group::Audio),
         (Media::Video, Group::Video),
@@ -759,14 +775,44 @@ async fn scenarios(env: &Env, which: &[Which], direct: Option<(f64, f64)>) -> Ve
             continue;
         }
         for &n in &sizes {
-            for &w in which {
-                let name = format!("{} N={n}", media.name());
-                eprintln!("{name}: {} …", label(w));
-                let r = traffic(env, w, n, media, env.args.seconds).await;
-                if let Err(e) = &r {
-                    eprintln!("  failed: {e:#}");
+            let name = format!("{} N={n}", media.name());
+            let mut runs: Vec<Vec<anyhow::Result<report::Traffic>>> =
+                which.iter().map(|_| Vec::new()).collect();
+            for round in 0..rounds {
+                // ABBA: neither SFU always runs first (on a warmer or cooler machine).
+                let mut order: Vec<usize> = (0..which.len()).collect();
+                if round % 2 == 1 {
+                    order.reverse();
                 }
-                out.push(Outcome::traffic(name, label(w), r));
+                for i in order {
+                    let w = which[i];
+                    match rounds {
+                        1 => eprintln!("{name}: {} …", label(w)),
+                        _ => eprintln!("{name}: {} (run {}/{rounds}) …", label(w), round + 1),
+                    }
+                    let r = traffic(env, w, n, media, env.args.seconds).await;
+                    if let Err(e) = &r {
+                        eprintln!("  failed: {e:#}");
+                    }
+                    runs[i].push(r);
+                }
+            }
+            for (&w, rs) in which.iter().zip(runs) {
+                if rounds > 1 {
+                    repeats.push(report::Repeats {
+                        scenario: name.clone(),
+                        sfu: label(w),
+                        efficiency: rs
+                            .iter()
+                            .map(|r| r.as_ref().ok().map(report::Traffic::efficiency))
+                            .collect(),
+                    });
+                }
+                out.push(Outcome::traffic(
+                    name.clone(),
+                    label(w),
+                    report::median_run(rs),
+                ));
             }
         }
     }
@@ -792,5 +838,5 @@ async fn scenarios(env: &Env, which: &[Which], direct: Option<(f64, f64)>) -> Ve
             out.push(Outcome::capacity(name, label(w), c));
         }
     }
-    out
+    (out, repeats)
 }

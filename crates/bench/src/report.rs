@@ -416,6 +416,116 @@ pub struct Context {
     pub direct_delay_ms: Option<(f64, f64)>,
 }
 
+/// Every run's efficiency of one forwarding scenario on one SFU (`--repeat`); `None` for a
+/// run that failed.
+#[derive(Debug, Clone)]
+pub struct Repeats {
+    pub scenario: String,
+    pub sfu: &'static str,
+    pub efficiency: Vec<Option<f64>>,
+}
+
+/// The run with the median efficiency (the lower middle for an even count) among those that
+/// succeeded; the first error if none did.
+pub fn median_run(runs: Vec<anyhow::Result<Traffic>>) -> anyhow::Result<Traffic> {
+    let mut ok = Vec::new();
+    let mut first_err = None;
+    for r in runs {
+        match r {
+            Ok(t) => ok.push(t),
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    if ok.is_empty() {
+        return Err(first_err.unwrap_or_else(|| anyhow::anyhow!("no runs")));
+    }
+    ok.sort_by(|a, b| a.efficiency().total_cmp(&b.efficiency()));
+    let mid = (ok.len() - 1) / 2;
+    Ok(ok.swap_remove(mid))
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[(v.len() - 1) / 2]
+}
+
+fn spread(values: &[f64]) -> String {
+    let finite: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    let (lo, hi) = finite
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        });
+    if finite.is_empty() {
+        "—".into()
+    } else {
+        format!(
+            "{} [{}–{}]",
+            num(median(&finite), 0),
+            num(lo, 0),
+            num(hi, 0)
+        )
+    }
+}
+
+/// The repeats table: each SFU's efficiency per run (median and range), the ratio of the
+/// medians, and the ratios of the runs paired in order (run k of sealroom against run k of
+/// Janus, which ran next to it). Empty without `--repeat`.
+pub fn repeats_markdown(reps: &[Repeats]) -> String {
+    let mut md = String::new();
+    if reps.is_empty() {
+        return md;
+    }
+    let runs = reps.iter().map(|r| r.efficiency.len()).max().unwrap_or(0);
+    let _ = writeln!(
+        md,
+        "\n## Repeats: egress media packets per SFU CPU-second, every run\n\n{runs} runs of each \
+         forwarding scenario, alternating which SFU runs first; the tables above use each SFU's \
+         median run. Failed runs count as —.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| Scenario | sealroom median [min–max] | Janus median [min–max] | ratio of medians | run-by-run ratios |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---|");
+    let mut scenarios: Vec<&str> = Vec::new();
+    for r in reps {
+        if !scenarios.contains(&r.scenario.as_str()) {
+            scenarios.push(&r.scenario);
+        }
+    }
+    for sc in scenarios {
+        let of = |sfu: &str| -> Vec<f64> {
+            reps.iter()
+                .find(|r| r.scenario == sc && r.sfu == sfu)
+                .map(|r| r.efficiency.iter().map(|e| e.unwrap_or(f64::NAN)).collect())
+                .unwrap_or_default()
+        };
+        let (a, b) = (of("sealroom"), of("janus"));
+        let ratio = median(&a) / median(&b);
+        let paired: Vec<String> = a.iter().zip(&b).map(|(x, y)| num(x / y, 2)).collect();
+        let _ = writeln!(
+            md,
+            "| {sc} | {} | {} | {} | {} |",
+            spread(&a),
+            spread(&b),
+            num(ratio, 2),
+            if paired.is_empty() {
+                "—".into()
+            } else {
+                paired.join(", ")
+            }
+        );
+    }
+    md
+}
+
 fn num(v: f64, decimals: usize) -> String {
     if v.is_finite() {
         format!("{v:.decimals$}")
@@ -1490,5 +1600,45 @@ mod tests {
             vec![Duration::from_millis(30), Duration::from_millis(10)],
         );
         assert_eq!((j.p50(), j.p95()), (10.0, 30.0));
+    }
+
+    fn run(eff_packets: u64) -> anyhow::Result<Traffic> {
+        let mut t = Traffic::example(4, false);
+        t.media_packets = eff_packets;
+        Ok(t)
+    }
+
+    #[test]
+    fn the_median_run_by_efficiency_is_kept_and_failures_are_skipped() {
+        let runs = vec![run(300), Err(anyhow::anyhow!("boom")), run(100), run(200)];
+        // Efficiencies 600, 200, 400 packets per CPU-s: the lower middle of three is 400.
+        assert_eq!(median_run(runs).expect("a run").media_packets, 200);
+        let err = median_run(vec![
+            Err(anyhow::anyhow!("first")),
+            Err(anyhow::anyhow!("second")),
+        ]);
+        assert_eq!(err.expect_err("all failed").to_string(), "first");
+    }
+
+    #[test]
+    fn repeats_table_shows_medians_ranges_and_paired_ratios() {
+        let reps = vec![
+            Repeats {
+                scenario: "audio N=4".into(),
+                sfu: "sealroom",
+                efficiency: vec![Some(100.0), Some(300.0), Some(200.0)],
+            },
+            Repeats {
+                scenario: "audio N=4".into(),
+                sfu: "janus",
+                efficiency: vec![Some(100.0), None, Some(50.0)],
+            },
+        ];
+        let md = repeats_markdown(&reps);
+        assert!(
+            md.contains("| audio N=4 | 200 [100–300] | 50 [50–100] | 4.00 | 1.00, —, 4.00 |"),
+            "{md}"
+        );
+        assert!(repeats_markdown(&[]).is_empty());
     }
 }
