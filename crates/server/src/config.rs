@@ -146,6 +146,9 @@ pub struct FileConfig {
 pub struct SessionLimits {
     pub idle_secs: i64,
     pub absolute_secs: i64,
+    /// An open WebSocket re-checks its session, device and user this often (revocations
+    /// made without notifying the server, expiry).
+    pub recheck_secs: u64,
 }
 
 impl Default for SessionLimits {
@@ -153,6 +156,7 @@ impl Default for SessionLimits {
         SessionLimits {
             idle_secs: 30 * 60,
             absolute_secs: 12 * 3600,
+            recheck_secs: 20,
         }
     }
 }

@@ -16,9 +16,6 @@ use serde_json::json;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// How often an open socket re-checks its session (expiry, revocation missed by a notice).
-const RECHECK: Duration = Duration::from_secs(20);
-
 pub async fn upgrade(
     State(app): State<AppRef>,
     ip: ClientIp,
@@ -139,7 +136,9 @@ impl Socket {
             self.finish(false).await;
             return;
         }
-        let mut recheck = tokio::time::interval(RECHECK);
+        let mut recheck = tokio::time::interval(Duration::from_secs(
+            self.app.config.session.recheck_secs.max(1),
+        ));
         recheck.tick().await;
         // A connection that ends without a normal close (code 1000) dropped: the participant
         // keeps its place for the reconnect grace.
@@ -261,11 +260,7 @@ impl Socket {
         };
         match validate_session(&self.app, token).await {
             Ok(Some(a)) => {
-                let revoked = a.device.revoked();
                 self.authed = Some((a, token.clone()));
-                if revoked {
-                    return Flow::Close(RefusalReason::DeviceRevoked);
-                }
                 // An open socket keeps the session alive.
                 let _ = self
                     .app
@@ -281,7 +276,20 @@ impl Socket {
                     .await;
                 Flow::Continue
             }
-            Ok(None) => Flow::Close(RefusalReason::SessionEnded),
+            Ok(None) => {
+                // validate_session refuses a revoked device's session outright; say why, as
+                // the notified path does (a revocation written while the server was not told,
+                // or before the notice arrives).
+                let device = match &self.authed {
+                    Some((a, _)) => self.app.store.device(&a.device.id).await.ok().flatten(),
+                    None => None,
+                };
+                Flow::Close(if device.is_some_and(|d| d.revoked()) {
+                    RefusalReason::DeviceRevoked
+                } else {
+                    RefusalReason::SessionEnded
+                })
+            }
             Err(_) => Flow::Continue,
         }
     }

@@ -202,6 +202,51 @@ async fn removal_cuts_the_participant_out_at_once_and_rejoin_needs_admission() {
     );
 }
 
+/// A revocation the server was not told about (written to the database by another process,
+/// or before the admin-socket notice arrives) is found by the socket's periodic re-check, and
+/// the socket says why: `device_revoked`, not `session_ended`.
+#[tokio::test]
+async fn a_revocation_the_server_was_not_told_about_still_says_device_revoked() {
+    let s = server_with(|c| c.session.recheck_secs = 1).await;
+    let host = s.passkey_user("hana", Role::Organiser).await;
+    let bob = s.member("bob").await;
+    let id = s
+        .meeting("hana", meeting_req(Level::Open, &["bob"], &[], false))
+        .await;
+    let mut h = host.ws().await;
+    h.join(&id).await;
+    let mut b = bob.ws().await;
+    b.join(&id).await;
+    {
+        use sqlx::Connection;
+        let db = s.dir.path().join("sealroom.db");
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .expect("db");
+        for sql in [
+            "UPDATE devices SET revoked_at = unixepoch(), revoked_reason = 'test' WHERE id = ?",
+            "UPDATE sessions SET revoked_at = unixepoch() WHERE device_id = ?",
+        ] {
+            sqlx::query(sql)
+                .bind(&bob.device_id)
+                .execute(&mut conn)
+                .await
+                .expect("revoke behind the server's back");
+        }
+    }
+    let t = Instant::now();
+    let m = b
+        .expect("refused", |m| matches!(m, ServerMsg::Refused { .. }))
+        .await;
+    assert_eq!(
+        refused_reason(&m),
+        Some(RefusalReason::DeviceRevoked),
+        "{m:?}"
+    );
+    assert!(b.closed_within(Duration::from_secs(1)).await);
+    println!("re-check found the revocation after {:?}", t.elapsed());
+}
+
 #[tokio::test]
 async fn device_revocation_closes_open_sockets_at_once_through_the_api_and_the_cli() {
     let s = server().await;
