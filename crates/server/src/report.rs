@@ -336,6 +336,27 @@ fn set(s: &BTreeSet<String>) -> String {
     }
 }
 
+/// A `## title (count)` section: `empty` when there are no rows, else a table. Columns whose
+/// name starts with `>` are right-aligned; cells arrive escaped.
+fn section(o: &mut String, title: &str, empty: &str, columns: &[&str], rows: &[Vec<String>]) {
+    let _ = writeln!(o, "## {title} ({})\n", rows.len());
+    if rows.is_empty() {
+        let _ = writeln!(o, "{empty}\n");
+        return;
+    }
+    let names: Vec<&str> = columns.iter().map(|c| c.trim_start_matches('>')).collect();
+    let align: Vec<&str> = columns
+        .iter()
+        .map(|c| if c.starts_with('>') { "---:" } else { "---" })
+        .collect();
+    let _ = writeln!(o, "| {} |", names.join(" | "));
+    let _ = writeln!(o, "|{}|", align.join("|"));
+    for row in rows {
+        let _ = writeln!(o, "| {} |", row.join(" | "));
+    }
+    let _ = writeln!(o);
+}
+
 /// The report as Markdown, for reading and printing.
 pub fn markdown(r: &Report) -> String {
     let mut o = String::new();
@@ -389,109 +410,122 @@ pub fn markdown(r: &Report) -> String {
         );
     }
 
-    let _ = writeln!(o, "## Participants ({})\n", r.participants.len());
-    if r.participants.is_empty() {
-        let _ = writeln!(o, "Nobody joined.\n");
-    } else {
-        let _ = writeln!(
-            o,
-            "| person | device | kind | host | admitted | lobby | networks | signaling from | media paths | media ended | first admitted | last left | removed |"
-        );
-        let _ = writeln!(o, "|---|---|---|---|---:|---:|---|---|---|---|---|---|---|");
-        for p in &r.participants {
+    let participants: Vec<Vec<String>> = r
+        .participants
+        .iter()
+        .map(|p| {
             let left = match (&p.last_left_at, &p.last_left_how) {
                 (Some(at), Some(how)) => format!("{at} ({})", cell(how)),
                 (Some(at), None) => at.clone(),
                 _ => "—".into(),
             };
-            let _ = writeln!(
-                o,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            vec![
                 cell(&p.user),
                 cell(&p.device),
                 set(&p.device_kinds),
-                if p.host { "yes" } else { "" },
-                p.admitted,
-                p.waited_in_lobby,
+                if p.host { "yes" } else { "" }.into(),
+                p.admitted.to_string(),
+                p.waited_in_lobby.to_string(),
                 set(&p.networks),
                 set(&p.sources),
                 set(&p.media_paths),
                 cell(p.media_ended.as_deref().unwrap_or("—")),
-                p.first_admitted_at.as_deref().unwrap_or("never"),
+                p.first_admitted_at
+                    .clone()
+                    .unwrap_or_else(|| "never".into()),
                 left,
-                if p.removed { "yes" } else { "" }
-            );
-        }
-        let _ = writeln!(o);
-    }
-
-    let _ = writeln!(o, "## Refused ({})\n", r.refusals.len());
-    if r.refusals.is_empty() {
-        let _ = writeln!(o, "Nothing was refused.\n");
-    } else {
-        let _ = writeln!(o, "| # | when | what | who | from | reason |");
-        let _ = writeln!(o, "|---:|---|---|---|---|---|");
-        for f in &r.refusals {
-            let _ = writeln!(
-                o,
-                "| {} | {} | {} | {} | {} | {} |",
-                f.seq,
-                f.at,
+                if p.removed { "yes" } else { "" }.into(),
+            ]
+        })
+        .collect();
+    section(
+        &mut o,
+        "Participants",
+        "Nobody joined.",
+        &[
+            "person",
+            "device",
+            "kind",
+            "host",
+            ">admitted",
+            ">lobby",
+            "networks",
+            "signaling from",
+            "media paths",
+            "media ended",
+            "first admitted",
+            "last left",
+            "removed",
+        ],
+        &participants,
+    );
+    let refusals: Vec<Vec<String>> = r
+        .refusals
+        .iter()
+        .map(|f| {
+            vec![
+                f.seq.to_string(),
+                f.at.clone(),
                 cell(&f.kind),
                 cell(&f.actor),
                 cell(&f.source),
-                cell(&f.reason)
-            );
-        }
-        let _ = writeln!(o);
-    }
-
-    let _ = writeln!(o, "## Key epochs ({})\n", r.epochs.len());
-    if r.epochs.is_empty() {
-        let _ = writeln!(o, "No end-to-end encrypted group was formed.\n");
-    } else {
-        let _ = writeln!(o, "| # | when | epoch | members | added | removed |");
-        let _ = writeln!(o, "|---:|---|---:|---:|---|---|");
-        for e in &r.epochs {
-            let opt = |v: Option<u64>| v.map_or("?".into(), |v| v.to_string());
-            let _ = writeln!(
-                o,
-                "| {} | {} | {} | {} | {} | {} |",
-                e.seq,
-                e.at,
+                cell(&f.reason),
+            ]
+        })
+        .collect();
+    section(
+        &mut o,
+        "Refused",
+        "Nothing was refused.",
+        &[">#", "when", "what", "who", "from", "reason"],
+        &refusals,
+    );
+    let opt = |v: Option<u64>| v.map_or("?".into(), |v| v.to_string());
+    let epochs: Vec<Vec<String>> = r
+        .epochs
+        .iter()
+        .map(|e| {
+            vec![
+                e.seq.to_string(),
+                e.at.clone(),
                 opt(e.epoch),
                 opt(e.members),
                 cell(&e.added.join(", ")),
-                cell(&e.removed.join(", "))
-            );
-        }
-        let _ = writeln!(o);
-    }
-
+                cell(&e.removed.join(", ")),
+            ]
+        })
+        .collect();
+    section(
+        &mut o,
+        "Key epochs",
+        "No end-to-end encrypted group was formed.",
+        &[">#", "when", ">epoch", ">members", "added", "removed"],
+        &epochs,
+    );
     for (title, lines) in [
         ("Host and server decisions", &r.host_actions),
         ("Timeline", &r.timeline),
     ] {
-        let _ = writeln!(o, "## {title} ({})\n", lines.len());
-        if lines.is_empty() {
-            let _ = writeln!(o, "None.\n");
-            continue;
-        }
-        let _ = writeln!(o, "| # | when | what | who | from | detail |");
-        let _ = writeln!(o, "|---:|---|---|---|---|---|");
-        for l in lines {
-            let _ = writeln!(
-                o,
-                "| {} | {} | {} | {} | {} | {} |",
-                l.seq,
-                l.at,
-                cell(&l.kind),
-                cell(&l.actor),
-                cell(&l.source),
-                cell(&l.detail.to_string())
-            );
-        }
-        let _ = writeln!(o);
+        let rows: Vec<Vec<String>> = lines
+            .iter()
+            .map(|l| {
+                vec![
+                    l.seq.to_string(),
+                    l.at.clone(),
+                    cell(&l.kind),
+                    cell(&l.actor),
+                    cell(&l.source),
+                    cell(&l.detail.to_string()),
+                ]
+            })
+            .collect();
+        section(
+            &mut o,
+            title,
+            "None.",
+            &[">#", "when", "what", "who", "from", "detail"],
+            &rows,
+        );
     }
     o
 }
@@ -570,7 +604,7 @@ mod tests {
                 "join.admitted",
                 bob,
                 "meeting:m2",
-                "10.0.0.9",
+                "127.0.0.9",
                 json!({"network": "internal"}),
             ),
             entry(
