@@ -140,7 +140,7 @@ impl Pacer for LeakyBucketPacer {
         Some((next, cluster_id))
     }
 
-    fn register_send(&mut self, now: Instant, packet_size: DataSize, _from: MidRid) {
+    fn register_send(&mut self, now: Instant, packet_size: DataSize, from: MidRid) {
         self.last_emitted = Some(now);
 
         self.media_debt += packet_size;
@@ -160,6 +160,9 @@ impl Pacer for LeakyBucketPacer {
         if let Some(cluster_id) = self.check_probe_complete_internal(now) {
             self.completed_probe = Some(cluster_id);
         }
+
+        // sealroom: carry on from the last snapshot instead of a full handle_timeout.
+        self.continue_from_snapshot(now, packet_size, from);
     }
 }
 
@@ -464,6 +467,61 @@ impl LeakyBucketPacer {
         })
     }
 
+    /// sealroom: decide the next poll from the last snapshot, less what was just sent.
+    ///
+    /// Upstream str0m gates `poll_queue` after every packet until the next `handle_timeout`,
+    /// and asks for that timeout at once. Each such timeout is a full session pass (every
+    /// stream's timers, the queue states of every send stream, BWE), so an SFU session that
+    /// forwards to many streams paid that pass once for every packet it sent, on top of the
+    /// pass that queueing the packet causes. Here the pacer counts each sent packet off its
+    /// snapshot and makes the decision that `handle_timeout` would make at this instant:
+    /// release the next due queue, or wait until the next paced or padding time. New media,
+    /// resends and probes reach the pacer through their own timeouts, as before. The gate
+    /// and the immediate timeout stay where a fresh view is needed: an active or just
+    /// completed probe, and a due time with no queue to poll (a padding request). A stale
+    /// count (the stream had nothing after all) also leaves the gate closed, because
+    /// `register_send` is then not called.
+    ///
+    /// A padding request, which only `handle_timeout` can hand out, never arises here:
+    /// normal padding needs zero media debt, and this packet just added some.
+    fn continue_from_snapshot(&mut self, now: Instant, packet_size: DataSize, from: MidRid) {
+        if !self.probe_queue.is_empty() || self.completed_probe.is_some() {
+            return;
+        }
+
+        if let Some(queue) = self.queue_states.iter_mut().find(|q| q.midrid == from) {
+            let snapshot = &mut queue.snapshot;
+            snapshot.packet_count = snapshot.packet_count.saturating_sub(1);
+            snapshot.byte_size = snapshot
+                .byte_size
+                .saturating_sub(packet_size.as_bytes_usize());
+            snapshot.last_emitted = Some(now);
+            if snapshot.packet_count == 0 {
+                snapshot.first_unsent = None;
+            }
+            snapshot.update_priority(snapshot.priority);
+        }
+
+        match self.next_poll(now) {
+            None => {
+                // Nothing to send and no padding: the regular handle is next.
+                self.next_poll_queue = None;
+                self.next_poll_time = None;
+            }
+            Some(((at, _), Some(queue))) if at <= now => {
+                self.next_poll_queue = Some(queue.midrid);
+                self.next_poll_time = None;
+            }
+            Some(((at, reason), _)) if at > now => {
+                self.next_poll_queue = None;
+                self.next_poll_time = Some((at, reason));
+            }
+            // Due now with no queue to poll: handle_timeout decides.
+            Some(_) => return,
+        }
+        self.needs_timeout_before_next_poll = false;
+    }
+
     fn request_immediate_timeout(&mut self) {
         // Request timeout at the next microsecond to ensure time advances between packets.
         // We can't use already_happened() because that would cause the test harness to
@@ -522,6 +580,134 @@ mod test {
                 .handle_timeout(deadline, std::iter::once(queue))
                 .is_some()
         );
+    }
+
+    // sealroom: packets of one snapshot go out without a timeout between them.
+    fn enqueue_without_timeout(queue: &mut Queue, count: u16, size: usize, kind: PacketKind, now: Instant) {
+        for seq_no in 0..count {
+            let (header, payload_len, kind) = make_packet(seq_no, size, kind);
+            queue.enqueue_packet(QueuedPacket {
+                queued_at: now,
+                header,
+                payload_len,
+                kind,
+            });
+        }
+    }
+
+    fn send_one(pacer: &mut LeakyBucketPacer, queue: &mut Queue, now: Instant) -> Option<MidRid> {
+        let (qid, _) = pacer.poll_queue()?;
+        let packet = queue.next_packet().expect("the snapshot's packet");
+        pacer.register_send(now, DataSize::from(packet.size()), qid);
+        queue.register_send(qid, now);
+        Some(qid)
+    }
+
+    #[test]
+    fn snapshot_drains_without_a_timeout_per_packet() {
+        let now = Instant::now();
+        let mut queue = Queue::default();
+        let mut pacer = LeakyBucketPacer::new(Bitrate::mbps(2));
+        handle_timeout_noisy(&mut pacer, &mut queue, now);
+        enqueue_without_timeout(&mut queue, 3, 100, PacketKind::Audio, now);
+        enqueue_without_timeout(&mut queue, 2, 1000, PacketKind::Video, now);
+        handle_timeout_noisy(&mut pacer, &mut queue, now);
+
+        let mut sent = vec![];
+        while let Some(qid) = send_one(&mut pacer, &mut queue, now) {
+            sent.push(qid.mid().to_string());
+        }
+        // Unpaced audio first, then video (3 kB is within the burst at 2 Mbit/s).
+        assert_eq!(sent, ["001", "001", "001", "002", "002"]);
+        assert!(queue.is_empty());
+        let (timeout, _) = pacer.poll_timeout();
+        assert_eq!(
+            timeout,
+            Some(now + PACING),
+            "drained: no immediate timeout, the regular handle is next"
+        );
+    }
+
+    #[test]
+    fn debt_over_the_burst_still_waits_for_a_timeout() {
+        let now = Instant::now();
+        let mut queue = Queue::default();
+        // 80 kbit/s: 400 bytes per 40 ms pacing interval.
+        let mut pacer = LeakyBucketPacer::new(Bitrate::kbps(80));
+        handle_timeout_noisy(&mut pacer, &mut queue, now);
+        enqueue_without_timeout(&mut queue, 3, 500, PacketKind::Video, now);
+        handle_timeout_noisy(&mut pacer, &mut queue, now);
+
+        assert!(send_one(&mut pacer, &mut queue, now).is_some());
+        assert!(
+            pacer.poll_queue().is_none(),
+            "500 bytes of debt is over the 400-byte burst: paced"
+        );
+        // The debt drains in 50 ms; the regular handle at 40 ms comes first.
+        assert_eq!(pacer.poll_timeout().0, Some(now + PACING));
+        assert_same_as_fresh_handle(&mut pacer, &mut queue, now);
+        handle_timeout_noisy(&mut pacer, &mut queue, now + duration_ms(5));
+        assert!(pacer.poll_queue().is_none(), "450 bytes of debt left");
+        handle_timeout_noisy(&mut pacer, &mut queue, now + duration_ms(20));
+        assert!(send_one(&mut pacer, &mut queue, now + duration_ms(20)).is_some());
+    }
+
+    #[test]
+    fn a_queue_that_had_nothing_keeps_the_gate_closed() {
+        let now = Instant::now();
+        let mut queue = Queue::default();
+        let mut pacer = LeakyBucketPacer::new(Bitrate::mbps(2));
+        handle_timeout_noisy(&mut pacer, &mut queue, now);
+        enqueue_without_timeout(&mut queue, 2, 100, PacketKind::Audio, now);
+        handle_timeout_noisy(&mut pacer, &mut queue, now);
+        assert!(send_one(&mut pacer, &mut queue, now).is_some());
+
+        // The stream turns out to have nothing: no register_send for this poll.
+        assert!(pacer.poll_queue().is_some());
+        assert!(pacer.poll_queue().is_none(), "gated until a fresh snapshot");
+        let (timeout, _) = pacer.poll_timeout();
+        assert!(timeout.is_some_and(|t| t <= now + Duration::from_micros(1)));
+    }
+
+    #[test]
+    fn padding_waits_for_the_debt_as_a_fresh_handle_would() {
+        let now = Instant::now();
+        let mut queue = Queue::default();
+        let mut pacer = LeakyBucketPacer::new(Bitrate::mbps(2));
+        pacer.set_padding_rate(Bitrate::kbps(50));
+        handle_timeout_noisy(&mut pacer, &mut queue, now);
+        enqueue_without_timeout(&mut queue, 1, 100, PacketKind::Video, now);
+        handle_timeout_noisy(&mut pacer, &mut queue, now);
+        assert!(send_one(&mut pacer, &mut queue, now).is_some());
+        enqueue_without_timeout(&mut queue, 1, 100, PacketKind::Video, now);
+        handle_timeout_noisy(&mut pacer, &mut queue, now);
+        assert!(send_one(&mut pacer, &mut queue, now).is_some());
+
+        assert!(!pacer.needs_timeout_before_next_poll);
+        // 200 bytes of padding debt at 50 kbit/s: padding is considered in 32 ms.
+        assert_eq!(pacer.poll_timeout().0, Some(now + duration_ms(32)));
+        assert_same_as_fresh_handle(&mut pacer, &mut queue, now);
+    }
+
+    #[test]
+    fn a_probe_sends_every_packet_through_handle_timeout() {
+        use crate::bwe_::ProbeKind;
+
+        let now = Instant::now();
+        let mut pacer = LeakyBucketPacer::new(Bitrate::mbps(2));
+        let mut queue = Queue::default();
+        handle_timeout_noisy(&mut pacer, &mut queue, now);
+        enqueue_without_timeout(&mut queue, 3, 100, PacketKind::Audio, now);
+        pacer.start_probe(ProbeClusterConfig::new(
+            0.into(),
+            Bitrate::mbps(4),
+            ProbeKind::Initial,
+        ));
+        handle_timeout_noisy(&mut pacer, &mut queue, now);
+        assert!(send_one(&mut pacer, &mut queue, now).is_some());
+        assert!(pacer.poll_queue().is_none(), "gated while probing");
+        let (timeout, _) = pacer.poll_timeout();
+        assert!(timeout.is_some_and(|t| t <= now + Duration::from_micros(1)));
     }
 
     #[test]
@@ -1035,13 +1221,12 @@ mod test {
     }
 
     fn assert_poll_success<F>(
-        pacer: &mut impl Pacer,
+        pacer: &mut LeakyBucketPacer,
         queue: &mut Queue,
         now: Instant,
         msg: &str,
         do_asserts: F,
-    ) -> Instant
-    where
+    ) where
         F: Fn(QueuedPacket),
     {
         let (qid, _cluster_id) = pacer.poll_queue().expect(msg);
@@ -1051,18 +1236,30 @@ mod test {
         pacer.register_send(now, DataSize::from(packet_size), qid);
         queue.register_send(qid, now);
 
-        let timeout = pacer.poll_timeout().0;
-        // After gating, the pacer requests a timeout at now + 1µs to ensure time advances
-        const MINIMAL_DELTA: Duration = Duration::from_micros(1);
-        assert!(
-            timeout <= Some(now + MINIMAL_DELTA) && timeout.is_some(),
-            "After a successful send the pacer should return an immediate timeout"
-        );
+        if pacer.needs_timeout_before_next_poll {
+            // Gated: the pacer requests a timeout at now + 1µs to ensure time advances.
+            let timeout = pacer.poll_timeout().0;
+            const MINIMAL_DELTA: Duration = Duration::from_micros(1);
+            assert!(
+                timeout <= Some(now + MINIMAL_DELTA) && timeout.is_some(),
+                "After a gated send the pacer should return an immediate timeout"
+            );
+            handle_timeout_noisy(pacer, queue, now);
+        } else {
+            assert_same_as_fresh_handle(pacer, queue, now);
+        }
+    }
 
-        // Simulate an immediate call to handle_timeout
+    /// sealroom: a pacer that continued from its snapshot after a send has made the same
+    /// decision (queue to poll, next timeout) as a handle_timeout at that instant.
+    fn assert_same_as_fresh_handle(pacer: &mut LeakyBucketPacer, queue: &mut Queue, now: Instant) {
+        let continued = (pacer.next_poll_queue, pacer.poll_timeout().0);
         handle_timeout_noisy(pacer, queue, now);
-
-        timeout.unwrap()
+        let fresh = (pacer.next_poll_queue, pacer.poll_timeout().0);
+        assert_eq!(
+            continued, fresh,
+            "the snapshot's decision after a send matches a fresh handle_timeout"
+        );
     }
 
     fn enqueue_packet_noisy(
