@@ -583,7 +583,13 @@ mod test {
     }
 
     // sealroom: packets of one snapshot go out without a timeout between them.
-    fn enqueue_without_timeout(queue: &mut Queue, count: u16, size: usize, kind: PacketKind, now: Instant) {
+    fn enqueue_without_timeout(
+        queue: &mut Queue,
+        count: u16,
+        size: usize,
+        kind: PacketKind,
+        now: Instant,
+    ) {
         for seq_no in 0..count {
             let (header, payload_len, kind) = make_packet(seq_no, size, kind);
             queue.enqueue_packet(QueuedPacket {
