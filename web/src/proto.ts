@@ -152,6 +152,16 @@ export type SocketState = "unauthenticated" | "authenticated" | "lobby" | "admit
 
 export type MeetingInfo = { id: string, title: string, level: Level, locked: boolean, lobby: boolean, capacity: number, };
 
-export type ServerMsg = { "type": "hello", state: SocketState, } | { "type": "refused", reason: RefusalReason, message: string, } | { "type": "lobby" } | { "type": "admitted", meeting: MeetingInfo, you: string, host: boolean, participants: Array<Participant>, } | { "type": "participants", participants: Array<Participant>, } | { "type": "lobby_update", waiting: Array<LobbyEntry>, } | { "type": "meeting_update", meeting: MeetingInfo, } | { "type": "left" } | { "type": "media_answer", sdp: string, } | { "type": "media_offer", sdp: string, } | { "type": "media_tracks", tracks: Array<RemoteTrack>, } | { "type": "device_added", user_name: string, device_name: string, device_kind: DeviceKind, } | { "type": "mls_binding", credential: string, identity_key: string, server_id: string, group_id_prefix: string, } | { "type": "mls_create", group_id: string, } | { "type": "mls_proposal", message: string, } | { "type": "mls_commit", commit: string, epoch: number, } | { "type": "mls_welcome", welcome: string, } | { "type": "mls_rejected", reason: string, } | { "type": "mls_app", message: string, } | { "type": "error", code: string, message: string, } | { "type": "pong" };
+export type SessionEnd = { reason: RefusalReason, message: string, };
+
+export type ServerMsg = { "type": "hello", state: SocketState, 
+/**
+ * Only on an unauthenticated socket whose session cookie names a session that was
+ * valid once: why it no longer is (`device_revoked`, or `session_ended` for one that
+ * was signed out, expired or whose user was disabled). The page shows it instead of
+ * joining as nobody. `null` otherwise, and always for a cookie the server does not
+ * know, so a scanner learns nothing it did not already hold.
+ */
+ended: SessionEnd | null, } | { "type": "refused", reason: RefusalReason, message: string, } | { "type": "lobby" } | { "type": "admitted", meeting: MeetingInfo, you: string, host: boolean, participants: Array<Participant>, } | { "type": "participants", participants: Array<Participant>, } | { "type": "lobby_update", waiting: Array<LobbyEntry>, } | { "type": "meeting_update", meeting: MeetingInfo, } | { "type": "left" } | { "type": "media_answer", sdp: string, } | { "type": "media_offer", sdp: string, } | { "type": "media_tracks", tracks: Array<RemoteTrack>, } | { "type": "device_added", user_name: string, device_name: string, device_kind: DeviceKind, } | { "type": "mls_binding", credential: string, identity_key: string, server_id: string, group_id_prefix: string, } | { "type": "mls_create", group_id: string, } | { "type": "mls_proposal", message: string, } | { "type": "mls_commit", commit: string, epoch: number, } | { "type": "mls_welcome", welcome: string, } | { "type": "mls_rejected", reason: string, } | { "type": "mls_app", message: string, } | { "type": "error", code: string, message: string, } | { "type": "pong" };
 
 export const MAX_WS_MESSAGE = 393216;

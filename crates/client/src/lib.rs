@@ -43,6 +43,10 @@ pub enum Error {
     /// The server sent something that is not a sealroom message.
     #[error("protocol: {0}")]
     Protocol(String),
+    /// The server no longer accepts our session and says why (`device_revoked`, or
+    /// `session_ended` for one signed out, expired or of a disabled user).
+    #[error("session ended: {message} [{code}]")]
+    SessionEnded { code: String, message: String },
     /// The caller gave a link, URL or file we cannot use.
     #[error("{0}")]
     Usage(String),
@@ -379,7 +383,11 @@ impl Client {
             admission: None,
         };
         match s.next(Duration::from_secs(10)).await? {
-            Some(ServerMsg::Hello { state }) if state == expect => Ok(s),
+            Some(ServerMsg::Hello { ended: Some(e), .. }) => Err(Error::SessionEnded {
+                code: e.reason.as_str().into(),
+                message: e.message,
+            }),
+            Some(ServerMsg::Hello { state, .. }) if state == expect => Ok(s),
             other => Err(Error::Protocol(format!(
                 "expected hello({expect:?}), got {other:?}"
             ))),

@@ -570,6 +570,22 @@ pub struct MeetingInfo {
     pub capacity: u32,
 }
 
+/// Why a session ended, in [`ServerMsg::Hello`].
+#[derive(Debug, Clone, Serialize, Deserialize, TS)]
+pub struct SessionEnd {
+    pub reason: RefusalReason,
+    pub message: String,
+}
+
+impl From<RefusalReason> for SessionEnd {
+    fn from(reason: RefusalReason) -> SessionEnd {
+        SessionEnd {
+            reason,
+            message: reason.message().into(),
+        }
+    }
+}
+
 /// Messages the server sends over the signaling WebSocket.
 #[derive(Debug, Clone, Serialize, Deserialize, TS)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -577,6 +593,12 @@ pub enum ServerMsg {
     /// First message on every socket.
     Hello {
         state: SocketState,
+        /// Only on an unauthenticated socket whose session cookie names a session that was
+        /// valid once: why it no longer is (`device_revoked`, or `session_ended` for one that
+        /// was signed out, expired or whose user was disabled). The page shows it instead of
+        /// joining as nobody. `null` otherwise, and always for a cookie the server does not
+        /// know, so a scanner learns nothing it did not already hold.
+        ended: Option<SessionEnd>,
     },
     /// The join was refused, or participation ended; the socket is back to `authenticated`.
     Refused {

@@ -8,7 +8,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use sealroom_proto::ApiError;
+use sealroom_proto::{ApiError, RefusalReason};
 use sealroom_store::{hash_secret, DeviceRow, SessionRow, UserRow};
 use std::net::{IpAddr, SocketAddr};
 
@@ -189,6 +189,30 @@ pub async fn validate_session(app: &AppRef, token: &str) -> ApiResult<Option<Aut
         user,
         device,
     }))
+}
+
+/// Why a session token that `validate_session` refuses was valid once: `DeviceRevoked` for a
+/// session on a revoked device, `SessionEnded` for any other (signed out, expired, idle, user
+/// disabled). `None` for a token the store does not know, which must look like no token at all.
+/// Only the holder of the token learns this, about their own session.
+pub async fn session_end(
+    app: &AppRef,
+    token: &str,
+) -> ApiResult<Option<(SessionRow, RefusalReason)>> {
+    let Some(s): Option<SessionRow> = app.store.session(&hash_secret(token)).await? else {
+        return Ok(None);
+    };
+    let revoked = app
+        .store
+        .device(&s.device_id)
+        .await?
+        .is_some_and(|d| d.revoked());
+    let reason = if revoked {
+        RefusalReason::DeviceRevoked
+    } else {
+        RefusalReason::SessionEnded
+    };
+    Ok(Some((s, reason)))
 }
 
 impl FromRequestParts<AppRef> for Authed {

@@ -3,7 +3,9 @@
 //! [`join`], which calls the one admission function of `sealroom-policy`.
 
 use crate::delivery::Outcome;
-use crate::http::{session_cookie, validate_session, ApiResult, Authed, ClientIp, Error};
+use crate::http::{
+    session_cookie, session_end, validate_session, ApiResult, Authed, ClientIp, Error,
+};
 use crate::live::{Notice, SocketHandle, SocketId};
 use crate::state::{unix_now, AppRef, Limiters};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -22,8 +24,33 @@ pub async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> ApiResult<Response> {
-    let authed = match session_cookie(&headers) {
-        Some(token) => validate_session(&app, &token).await?.map(|a| (a, token)),
+    let (authed, ended) = match session_cookie(&headers) {
+        Some(token) => match validate_session(&app, &token).await? {
+            Some(a) => (Some((a, token)), None),
+            None => (None, session_end(&app, &token).await?),
+        },
+        None => (None, None),
+    };
+    // A session that was valid once came back (a page reconnecting after its device was
+    // revoked or its session ended): tell its holder why, and keep a record of the attempt
+    // (one entry per session and minute; the ones in between are counted in the next).
+    let ended = match ended {
+        Some((s, reason)) => {
+            if let Some(folded) = app
+                .limiters
+                .should_audit(&format!("session.refused:{}", s.id_hash))
+            {
+                let e = app.entry(
+                    "session.refused",
+                    &format!("user:{}/device:{}", s.user_id, s.device_id),
+                    "socket",
+                    &ip.0.to_string(),
+                    json!({"reason": reason.as_str(), "earlier_hits_folded": folded}),
+                );
+                app.audit_alone(e).await?;
+            }
+            Some(reason)
+        }
         None => None,
     };
     Ok(ws
@@ -35,7 +62,7 @@ pub async fn upgrade(
         .write_buffer_size(16 * 1024)
         .on_upgrade(move |socket| async move {
             let mut s = Socket::new(app, ip, authed);
-            s.run(socket).await;
+            s.run(socket, ended).await;
         }))
 }
 
@@ -128,9 +155,10 @@ impl Socket {
         }
     }
 
-    async fn run(&mut self, mut ws: WebSocket) {
+    async fn run(&mut self, mut ws: WebSocket, ended: Option<RefusalReason>) {
         let hello = ServerMsg::Hello {
             state: self.state(),
+            ended: ended.map(SessionEnd::from),
         };
         if send(&mut ws, &hello).await.is_err() {
             self.finish(false).await;
@@ -280,15 +308,8 @@ impl Socket {
                 // validate_session refuses a revoked device's session outright; say why, as
                 // the notified path does (a revocation written while the server was not told,
                 // or before the notice arrives).
-                let device = match &self.authed {
-                    Some((a, _)) => self.app.store.device(&a.device.id).await.ok().flatten(),
-                    None => None,
-                };
-                Flow::Close(if device.is_some_and(|d| d.revoked()) {
-                    RefusalReason::DeviceRevoked
-                } else {
-                    RefusalReason::SessionEnded
-                })
+                let ended = session_end(&self.app, token).await.ok().flatten();
+                Flow::Close(ended.map_or(RefusalReason::SessionEnded, |(_, reason)| reason))
             }
             Err(_) => Flow::Continue,
         }
@@ -480,7 +501,11 @@ impl Socket {
         if let Some((_, token)) = &self.authed {
             match validate_session(&app, token).await? {
                 Some(a) => self.authed = Some((a, token.clone())),
-                None => return Ok(Flow::Close(RefusalReason::SessionEnded)),
+                None => {
+                    let ended = session_end(&app, token).await?;
+                    let reason = ended.map_or(RefusalReason::SessionEnded, |(_, r)| r);
+                    return Ok(Flow::Close(reason));
+                }
             }
         }
         let authed = self.authed.as_ref().map(|x| x.0.clone());

@@ -729,3 +729,100 @@ async fn audit_verify_names_the_first_edited_deleted_or_swapped_entry() {
         );
     }
 }
+
+/// The first message of a signaling socket opened with `cookie` (none: no Cookie header), as
+/// raw JSON: what anyone who can reach the port sees.
+async fn raw_hello(s: &TestServer, cookie: Option<&str>) -> serde_json::Value {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    let ws_url = s.origin().replacen("http", "ws", 1) + "/api/ws";
+    let mut req = ws_url.into_client_request().expect("req");
+    req.headers_mut()
+        .insert("Origin", s.origin().parse().expect("h"));
+    if let Some(c) = cookie {
+        req.headers_mut()
+            .insert("Cookie", format!("__Host-sealroom={c}").parse().expect("h"));
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("upgrade");
+    match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str(t.as_str()).expect("json"),
+        other => panic!("no hello: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_dead_session_learns_why_and_an_unknown_cookie_learns_nothing() {
+    let s = server().await;
+    let admin = s.passkey_user("root", Role::Admin).await;
+    let bob = s.member("bob").await;
+    let carol = s.member("carol").await;
+    let bob_cookie = bob.cookie.clone().expect("cookie");
+    let carol_cookie = carol.cookie.clone().expect("cookie");
+
+    // No cookie and a cookie the server never issued: byte-for-byte the same hello.
+    let anonymous = raw_hello(&s, None).await;
+    assert_eq!(
+        anonymous,
+        json!({"type": "hello", "state": "unauthenticated", "ended": null})
+    );
+    let made_up = {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand_bytes())
+    };
+    assert_eq!(raw_hello(&s, Some(&made_up)).await, anonymous);
+    assert_eq!(
+        raw_hello(&s, Some(&bob_cookie)).await,
+        json!({"type": "hello", "state": "authenticated", "ended": null})
+    );
+
+    // bob's device is revoked: his old cookie is told so (and only that).
+    let r = admin
+        .post(
+            &format!("/api/admin/devices/{}/revoke", bob.device_id),
+            json!({}),
+        )
+        .await;
+    assert!(r.status().is_success(), "{}", r.status());
+    let hello = raw_hello(&s, Some(&bob_cookie)).await;
+    assert_eq!(hello["state"], "unauthenticated");
+    assert_eq!(hello["ended"]["reason"], "device_revoked", "{hello}");
+    // The native client reports it as such.
+    let native = sealroom_client::Session::from_cookie(bob.native(), bob_cookie.clone())
+        .signaling()
+        .await;
+    match native {
+        Err(sealroom_client::Error::SessionEnded { code, .. }) => {
+            assert_eq!(code, "device_revoked")
+        }
+        other => panic!("expected SessionEnded, got {:?}", other.map(|_| ())),
+    }
+
+    // carol signs out: her old cookie hears that the session ended.
+    let out = carol.post("/api/logout", json!({})).await;
+    assert!(out.status().is_success(), "{}", out.status());
+    let hello = raw_hello(&s, Some(&carol_cookie)).await;
+    assert_eq!(hello["ended"]["reason"], "session_ended", "{hello}");
+
+    // The return of a dead session is on record, with who and why: one entry per session
+    // and minute (bob's second socket is folded into his next entry).
+    let log = sealroom_store::audit::entries(s.running.app.store.pool())
+        .await
+        .expect("log");
+    let refused: Vec<_> = log
+        .iter()
+        .filter(|e| e.entry.kind == "session.refused")
+        .collect();
+    assert_eq!(refused.len(), 2, "one for bob, one for carol: {refused:?}");
+    assert!(refused[0]
+        .entry
+        .actor
+        .ends_with(&format!("device:{}", bob.device_id)));
+    assert!(refused[0].entry.detail.contains("device_revoked"));
+    assert!(refused[1]
+        .entry
+        .actor
+        .ends_with(&format!("device:{}", carol.device_id)));
+    assert!(refused[1].entry.detail.contains("session_ended"));
+}

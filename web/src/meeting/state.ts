@@ -92,6 +92,14 @@ function outOfMeeting(v: MeetingView): MeetingView {
 export function handleServerMsg(v: MeetingView, msg: ServerMsg): Step {
   switch (msg.type) {
     case 'hello': {
+      // Our session was valid once and is not any more (this device was revoked, or the
+      // session ended): say why. Joining would only get the answer every stranger gets.
+      if (msg.ended) {
+        return {
+          view: { ...outOfMeeting(v), phase: 'refused', socketState: msg.state, refusal: { reason: msg.ended.reason, message: msg.ended.message }, leaving: false, closed: false },
+          effects: [],
+        };
+      }
       // A reconnect attempt stays `reconnecting` until the join is answered.
       const phase = v.phase === 'reconnecting' ? 'reconnecting' : 'connecting';
       return { view: { ...v, socketState: msg.state, phase, closed: false }, effects: [{ kind: 'send_join' }] };

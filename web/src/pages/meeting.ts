@@ -450,8 +450,7 @@ export function meetingPage(ctx: PageContext): void {
       h(
         'div',
         { class: 'actions' },
-        retryButton('Try again'),
-        SESSION_REASONS.has(r.reason) && h('a', { href: '/login', class: 'button-link' }, 'Sign in again'),
+        SESSION_REASONS.has(r.reason) ? h('a', { href: '/login', class: 'button-link' }, 'Sign in again') : retryButton('Try again'),
         backLink(),
       ),
     ];

@@ -48,6 +48,7 @@ fn main() {
         ClientMsg,
         SocketState,
         MeetingInfo,
+        SessionEnd,
         ServerMsg,
     );
     out.push_str(&format!(

@@ -120,7 +120,7 @@ impl Client {
         format!("{}{}", self.origin, path)
     }
 
-    fn native(&self) -> sealroom_client::Client {
+    pub fn native(&self) -> sealroom_client::Client {
         sealroom_client::Client::new(&self.origin, None).expect("client")
     }
 
