@@ -141,13 +141,19 @@ test('a revoked device is thrown out of its meeting within 1 s and loses its ses
     const bobMe3 = await enrol(B, cliLink(server, third.enrolment_url), { expectName: 'Bob Member', deviceName: 'Bob phone' });
     await bobInMeeting(B, origin, meeting.id);
     await B.page.waitForFunction(() => typeof window.__sealroom?.dropSignaling === 'function');
-    await B.page.context().setOffline(true);
+    // bob's new signaling sockets are turned away until the revocation is in (the live one is
+    // not routed); then they reach the server again.
+    let holdSockets = true;
+    await B.page.routeWebSocket(/\/api\/ws$/, (ws) => {
+      if (holdSockets) ws.close({ code: 1013, reason: 'held by the test' });
+      else ws.connectToServer();
+    });
     await B.page.evaluate(() => window.__sealroom.dropSignaling());
     await meetingState(B.page, 'reconnecting').waitFor();
     const out3 = await cli(dataDir, ['device', 'revoke', '--', bobMe3.device_id]);
     assert.equal(out3.revoked, true);
     await armRevocationClock(B.page);
-    await B.page.context().setOffline(false);
+    holdSockets = false;
     await revokedAt(B.page);
     assert.equal(await tid(B.page, 'meeting-state').getAttribute('data-state'), 'refused');
     assert.equal(await B.page.getByTestId('retry-join').count(), 0, 'no retry: sign in again');

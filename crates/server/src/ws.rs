@@ -40,9 +40,12 @@ pub async fn upgrade(
                 .limiters
                 .should_audit(&format!("session.refused:{}", s.id_hash))
             {
+                // The actor as every other entry names a person: user name and device.
+                let user = app.store.user(&s.user_id).await?;
+                let name = user.map_or(s.user_id.clone(), |u| u.name);
                 let e = app.entry(
                     "session.refused",
-                    &format!("user:{}/device:{}", s.user_id, s.device_id),
+                    &format!("user:{name}/device:{}", s.device_id),
                     "socket",
                     &ip.0.to_string(),
                     json!({"reason": reason.as_str(), "earlier_hits_folded": folded}),

@@ -815,14 +815,14 @@ async fn a_dead_session_learns_why_and_an_unknown_cookie_learns_nothing() {
         .filter(|e| e.entry.kind == "session.refused")
         .collect();
     assert_eq!(refused.len(), 2, "one for bob, one for carol: {refused:?}");
-    assert!(refused[0]
-        .entry
-        .actor
-        .ends_with(&format!("device:{}", bob.device_id)));
+    assert_eq!(
+        refused[0].entry.actor,
+        format!("user:bob/device:{}", bob.device_id)
+    );
     assert!(refused[0].entry.detail.contains("device_revoked"));
-    assert!(refused[1]
-        .entry
-        .actor
-        .ends_with(&format!("device:{}", carol.device_id)));
+    assert_eq!(
+        refused[1].entry.actor,
+        format!("user:carol/device:{}", carol.device_id)
+    );
     assert!(refused[1].entry.detail.contains("session_ended"));
 }
