@@ -167,6 +167,12 @@ impl Socket {
             self.finish(false).await;
             return;
         }
+        // The hello said why this session is over; the socket has nothing else to offer it.
+        if let Some(reason) = ended {
+            close(&mut ws, reason).await;
+            self.finish(false).await;
+            return;
+        }
         let mut recheck = tokio::time::interval(Duration::from_secs(
             self.app.config.session.recheck_secs.max(1),
         ));
@@ -197,13 +203,9 @@ impl Socket {
             }
         };
         if let Some(reason) = close_reason {
-            let _ = send(&mut ws, &refused(reason)).await;
-            let _ = ws
-                .send(Message::Close(Some(CloseFrame {
-                    code: 4001,
-                    reason: reason.as_str().into(),
-                })))
-                .await;
+            if send(&mut ws, &refused(reason)).await.is_ok() {
+                close(&mut ws, reason).await;
+            }
         }
         self.finish(dropped && close_reason.is_none()).await;
     }
@@ -1042,6 +1044,31 @@ async fn send(ws: &mut WebSocket, msg: &ServerMsg) -> Result<(), axum::Error> {
     // Serialising our own enum cannot fail.
     let text = serde_json::to_string(msg).unwrap_or_default();
     ws.send(Message::Text(text.into())).await
+}
+
+/// The close code of a socket the server ended (the page does not reconnect after it).
+const CLOSE_ENDED_BY_SERVER: u16 = 4001;
+
+/// How long a client has to answer our Close before the connection is dropped anyway.
+const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
+
+/// Ends the connection with the closing handshake (RFC 6455 §7): our Close, then whatever the
+/// client still sends, read and dropped, up to its Close. Dropping the connection with unread
+/// bytes in the kernel's buffer would make it send a reset, and a reset can destroy the refusal
+/// and our Close before the client reads them: the client would see a dropped connection and
+/// reconnect instead of being told why.
+async fn close(ws: &mut WebSocket, reason: RefusalReason) {
+    let frame = CloseFrame {
+        code: CLOSE_ENDED_BY_SERVER,
+        reason: reason.as_str().into(),
+    };
+    if ws.send(Message::Close(Some(frame))).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
+        while let Some(Ok(_)) = ws.recv().await {}
+    })
+    .await;
 }
 
 fn refused(reason: RefusalReason) -> ServerMsg {

@@ -270,13 +270,7 @@ async fn device_revocation_closes_open_sockets_at_once_through_the_api_and_the_c
 
     // Through the admin API.
     let t = Instant::now();
-    let r = admin
-        .post(
-            &format!("/api/admin/devices/{}/revoke", bob.device_id),
-            serde_json::json!({}),
-        )
-        .await;
-    assert!(r.status().is_success(), "{}", r.status());
+    admin.revoke_device(&bob.device_id).await;
     let m = b
         .expect("revoked", |m| matches!(m, ServerMsg::Refused { .. }))
         .await;

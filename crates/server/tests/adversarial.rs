@@ -730,9 +730,12 @@ async fn audit_verify_names_the_first_edited_deleted_or_swapped_entry() {
     }
 }
 
-/// The first message of a signaling socket opened with `cookie` (none: no Cookie header), as
+type RawSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A signaling socket opened with `cookie` (none: no Cookie header) and its first message as
 /// raw JSON: what anyone who can reach the port sees.
-async fn raw_hello(s: &TestServer, cookie: Option<&str>) -> serde_json::Value {
+async fn raw_socket(s: &TestServer, cookie: Option<&str>) -> (RawSocket, serde_json::Value) {
     use futures_util::StreamExt;
     use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
     let ws_url = s.origin().replacen("http", "ws", 1) + "/api/ws";
@@ -746,9 +749,46 @@ async fn raw_hello(s: &TestServer, cookie: Option<&str>) -> serde_json::Value {
     let (mut ws, _) = tokio_tungstenite::connect_async(req)
         .await
         .expect("upgrade");
-    match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+    let hello = match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
         Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str(t.as_str()).expect("json"),
         other => panic!("no hello: {other:?}"),
+    };
+    (ws, hello)
+}
+
+async fn raw_hello(s: &TestServer, cookie: Option<&str>) -> serde_json::Value {
+    raw_socket(s, cookie).await.1
+}
+
+/// Reads `ws` to its end: the text messages, then the server's Close frame (code and reason).
+/// Panics if the connection ends any other way (a reset, no Close) or takes over 5 s.
+async fn read_to_close(
+    ws: &mut (impl futures_util::Stream<
+        Item = Result<
+            tokio_tungstenite::tungstenite::Message,
+            tokio_tungstenite::tungstenite::Error,
+        >,
+    > + Unpin),
+) -> (Vec<serde_json::Value>, u16, String) {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut texts = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                texts.push(serde_json::from_str(t.as_str()).expect("json"))
+            }
+            Ok(Some(Ok(Message::Close(Some(f))))) => {
+                return (texts, f.code.into(), f.reason.to_string())
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!(
+                "the connection ended without the server's Close after {} messages (last {:?}): {other:?}",
+                texts.len(),
+                texts.last()
+            ),
+        }
     }
 }
 
@@ -778,16 +818,14 @@ async fn a_dead_session_learns_why_and_an_unknown_cookie_learns_nothing() {
     );
 
     // bob's device is revoked: his old cookie is told so (and only that).
-    let r = admin
-        .post(
-            &format!("/api/admin/devices/{}/revoke", bob.device_id),
-            json!({}),
-        )
-        .await;
-    assert!(r.status().is_success(), "{}", r.status());
-    let hello = raw_hello(&s, Some(&bob_cookie)).await;
+    admin.revoke_device(&bob.device_id).await;
+    let (mut ws, hello) = raw_socket(&s, Some(&bob_cookie)).await;
     assert_eq!(hello["state"], "unauthenticated");
     assert_eq!(hello["ended"]["reason"], "device_revoked", "{hello}");
+    // ... and the server ends that socket: it has nothing else to offer a dead session.
+    let (more, code, reason) = read_to_close(&mut ws).await;
+    assert!(more.is_empty(), "{more:?}");
+    assert_eq!((code, reason.as_str()), (4001, "device_revoked"));
     // The native client reports it as such.
     let native = sealroom_client::Session::from_cookie(bob.native(), bob_cookie.clone())
         .signaling()
@@ -825,4 +863,55 @@ async fn a_dead_session_learns_why_and_an_unknown_cookie_learns_nothing() {
         format!("user:carol/device:{}", carol.device_id)
     );
     assert!(refused[1].entry.detail.contains("session_ended"));
+}
+
+/// A client that keeps talking while its device is revoked still reads why, then the server's
+/// Close: the server finishes the closing handshake instead of dropping a connection with unread
+/// bytes (which makes the kernel reset it, and a reset can destroy the refusal before the client
+/// reads it; a browser then sees a drop and reconnects instead).
+#[tokio::test]
+async fn a_talking_socket_still_reads_its_refusal_and_a_clean_close() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let s = server().await;
+    let admin = s.passkey_user("root", Role::Admin).await;
+    for round in 0..5 {
+        let bob = s.member(&format!("bob{round}")).await;
+        let cookie = bob.cookie.clone().expect("cookie");
+        let (ws, hello) = raw_socket(&s, Some(&cookie)).await;
+        assert_eq!(hello["state"], "authenticated");
+        let (mut tx, mut rx) = ws.split();
+        // Pings as fast as the socket takes them, until the server closes it.
+        let talker = tokio::spawn(async move {
+            let mut sent = 0u64;
+            while tx
+                .send(Message::Text(r#"{"type":"ping"}"#.into()))
+                .await
+                .is_ok()
+            {
+                sent += 1;
+            }
+            sent
+        });
+        // Revoke once the pings flow (a pong came back).
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), rx.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) if t.as_str().contains("pong") => break,
+                Ok(Some(Ok(_))) => {}
+                other => panic!("no pong: {other:?}"),
+            }
+        }
+        admin.revoke_device(&bob.device_id).await;
+        let (texts, code, reason) = read_to_close(&mut rx).await;
+        let last = texts.last().expect("messages after the revocation");
+        assert_eq!(last["type"], "refused", "round {round}: {last}");
+        assert_eq!(last["reason"], "device_revoked");
+        assert_eq!((code, reason.as_str()), (4001, "device_revoked"));
+        // The talker stops once the connection is gone.
+        let sent = tokio::time::timeout(Duration::from_secs(5), talker)
+            .await
+            .expect("the talker stops")
+            .expect("talker");
+        assert!(sent > 1, "round {round}: only {sent} pings went out");
+    }
 }

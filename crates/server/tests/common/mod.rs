@@ -144,6 +144,17 @@ impl Client {
         r.send().await.expect("request")
     }
 
+    /// As an admin: revokes `device_id` through the admin API (panics unless it succeeds).
+    pub async fn revoke_device(&self, device_id: &str) {
+        let r = self
+            .post(
+                &format!("/api/admin/devices/{device_id}/revoke"),
+                serde_json::json!({}),
+            )
+            .await;
+        assert!(r.status().is_success(), "revoke: {}", r.status());
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
         let mut r = self.http.get(self.url(path));
         if let Some(c) = &self.cookie {
