@@ -45,6 +45,9 @@ pub struct Traffic {
     pub delay_max_ms: f64,
     pub rss_idle_kib: u64,
     pub rss_kib: u64,
+    /// Private anonymous memory (RssAnon) idle and loaded: what the SFU allocated.
+    pub anon_idle_kib: u64,
+    pub anon_kib: u64,
     /// UDP receive buffer overflows in the SFU's network namespace (SFU and load sockets
     /// alike when they share it).
     pub socket_drops: u64,
@@ -82,7 +85,14 @@ impl Traffic {
         }
         1.0 - self.frames_received as f64 / self.frames_expected as f64
     }
+    /// Private memory (RssAnon) the meeting added, per participant: what the SFU allocated
+    /// for it. RSS also counts the pages of the binary and its libraries that the load made
+    /// the process touch for the first time; those do not grow with N.
     pub fn mem_per_participant_kib(&self) -> f64 {
+        self.anon_kib.saturating_sub(self.anon_idle_kib) as f64 / self.n as f64
+    }
+    /// RSS growth per participant, code pages included.
+    pub fn rss_per_participant_kib(&self) -> f64 {
         self.rss_kib.saturating_sub(self.rss_idle_kib) as f64 / self.n as f64
     }
 
@@ -110,6 +120,8 @@ impl Traffic {
             delay_max_ms: 2.0,
             rss_idle_kib: 10_000,
             rss_kib: 20_000,
+            anon_idle_kib: 4_000,
+            anon_kib: 14_000,
             socket_drops: 0,
             unstamped: 0,
             keyframe_requests: 0,
@@ -176,6 +188,8 @@ pub fn traffic(
         delay_max_ms: f64::NAN,
         rss_idle_kib: sfu.0.rss_kib,
         rss_kib: sfu.2.rss_kib,
+        anon_idle_kib: sfu.0.anon_kib,
+        anon_kib: sfu.2.anon_kib,
         socket_drops: sfu
             .2
             .udp_rcvbuf_errors
@@ -579,7 +593,7 @@ fn plain(v: f64) -> Option<(f64, String)> {
 }
 
 fn headline_rows(results: &[Outcome], direct: Option<(f64, f64)>) -> Vec<Row> {
-    let traffic_metrics: [Metric<Traffic>; 6] = [
+    let traffic_metrics: [Metric<Traffic>; 7] = [
         (
             "egress media pkt per SFU CPU-s",
             Better::Higher,
@@ -602,10 +616,16 @@ fn headline_rows(results: &[Outcome], direct: Option<(f64, f64)>) -> Vec<Row> {
             plain(t.delay_p99_ms)
         }),
         (
-            "SFU memory per participant, KiB",
+            "SFU memory per participant (private), KiB",
             Better::Lower,
             0,
             |t, _| plain(t.mem_per_participant_kib()),
+        ),
+        (
+            "SFU RSS growth per participant (code pages included), KiB",
+            Better::Lower,
+            0,
+            |t, _| plain(t.rss_per_participant_kib()),
         ),
     ];
     let join_metrics: [Metric<JoinResult>; 2] = [
@@ -674,7 +694,7 @@ fn marginal_memory_row(results: &[Outcome], video: bool) -> Option<Row> {
     let kind = if video { "video" } else { "audio" };
     let mut row = Row::new(
         format!("{kind} N={small}→{large}"),
-        "SFU memory per added participant, KiB",
+        "SFU memory per added participant (private), KiB",
         Better::Lower,
         0,
     );
@@ -690,7 +710,7 @@ fn marginal_memory_row(results: &[Outcome], video: bool) -> Option<Row> {
                 Ok(Data::Traffic(t))
                     if o.sfu == sfu && t.video == video && !t.simulcast && t.n == n =>
                 {
-                    Some(t.rss_kib)
+                    Some(t.anon_kib)
                 }
                 _ => None,
             })
@@ -1143,7 +1163,7 @@ fn capacity_details(results: &[Outcome], direct: Option<(f64, f64)>) -> String {
 }
 
 /// The columns of the CSV, in order.
-const CSV_COLUMNS: [&str; 35] = [
+const CSV_COLUMNS: [&str; 38] = [
     "scenario",
     "sfu",
     "n",
@@ -1177,6 +1197,9 @@ const CSV_COLUMNS: [&str; 35] = [
     "added_delay_p50_ms",
     "added_delay_p99_ms",
     "within_limits",
+    "anon_idle_kib",
+    "anon_kib",
+    "rss_per_participant_kib",
     "note",
     "error",
 ];
@@ -1236,6 +1259,12 @@ impl CsvRow {
         self.set(
             "mem_per_participant_kib",
             format!("{:.1}", t.mem_per_participant_kib()),
+        );
+        self.set("anon_idle_kib", t.anon_idle_kib);
+        self.set("anon_kib", t.anon_kib);
+        self.set(
+            "rss_per_participant_kib",
+            format!("{:.1}", t.rss_per_participant_kib()),
         );
         self.set("load_cpu_pct", format!("{:.2}", t.load_cpu_pct()));
         self.set("other_cpu_pct", format!("{:.2}", t.other_cpu_pct()));
@@ -1350,6 +1379,7 @@ mod tests {
             at,
             cpu_s,
             rss_kib,
+            anon_kib: rss_kib / 2,
             udp_rcvbuf_errors: 0,
             machine_busy_s: 0.0,
         }
@@ -1422,7 +1452,9 @@ mod tests {
             "9 packets per 0.5 CPU-s"
         );
         assert!((t.cpu_pct() - 25.0).abs() < 1e-9);
-        assert!((t.mem_per_participant_kib() - 1000.0).abs() < 1e-9);
+        // RSS 1000 → 3000 KiB, of which private 500 → 1500 KiB, for 2 participants.
+        assert!((t.rss_per_participant_kib() - 1000.0).abs() < 1e-9);
+        assert!((t.mem_per_participant_kib() - 500.0).abs() < 1e-9);
         assert_eq!(t.delay_p50_ms, 1.0);
         assert_eq!(t.delay_max_ms, 3.0);
     }
@@ -1567,16 +1599,18 @@ mod tests {
 
     #[test]
     fn memory_per_added_participant_is_the_slope_between_sizes() {
-        let with_rss = |n: usize, rss_kib: u64| {
+        // Private memory is what counts; RSS (code pages included) grows the same for both.
+        let with_anon = |n: usize, anon_kib: u64| {
             let mut t = Traffic::example(n, false);
-            t.rss_kib = rss_kib;
+            t.anon_kib = anon_kib;
+            t.rss_kib = 100_000 + 10_000 * n as u64;
             t
         };
         let results = vec![
-            Outcome::traffic("audio N=4".into(), "sealroom", Ok(with_rss(4, 20_000))),
-            Outcome::traffic("audio N=4".into(), "janus", Ok(with_rss(4, 30_000))),
-            Outcome::traffic("audio N=12".into(), "sealroom", Ok(with_rss(12, 24_000))),
-            Outcome::traffic("audio N=12".into(), "janus", Ok(with_rss(12, 38_000))),
+            Outcome::traffic("audio N=4".into(), "sealroom", Ok(with_anon(4, 20_000))),
+            Outcome::traffic("audio N=4".into(), "janus", Ok(with_anon(4, 30_000))),
+            Outcome::traffic("audio N=12".into(), "sealroom", Ok(with_anon(12, 24_000))),
+            Outcome::traffic("audio N=12".into(), "janus", Ok(with_anon(12, 38_000))),
         ];
         let row = marginal_memory_row(&results, false).expect("two sizes");
         assert_eq!(row.scenario, "audio N=4→12");

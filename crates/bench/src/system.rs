@@ -17,6 +17,10 @@ pub struct ProcSample {
     /// utime + stime of every thread, seconds.
     pub cpu_s: f64,
     pub rss_kib: u64,
+    /// The private anonymous part of `rss_kib` (heap, stacks): what the process allocated, as
+    /// opposed to the pages of its binary and libraries it has touched (file-backed, shared
+    /// with the page cache, bounded by their size whatever the load).
+    pub anon_kib: u64,
     /// UDP receive buffer overflows in the process's network namespace
     /// (`/proc/<pid>/net/snmp`, `Udp:` line).
     pub udp_rcvbuf_errors: u64,
@@ -32,17 +36,20 @@ impl ProcSample {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
         let snmp = std::fs::read_to_string(format!("/proc/{pid}/net/snmp"))?;
         let cpu_s = cpu_seconds(&stat).context("unreadable /proc/<pid>/stat")?;
-        let rss_kib = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let kib = |field: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
         let udp = |name: &str| snmp_field(&snmp, "Udp", name).unwrap_or(0);
         Ok(ProcSample {
             at,
             cpu_s,
-            rss_kib,
+            rss_kib: kib("VmRSS:"),
+            anon_kib: kib("RssAnon:"),
             udp_rcvbuf_errors: udp("RcvbufErrors"),
             machine_busy_s: machine_busy().map_or(0.0, |(busy, _)| busy),
         })
@@ -291,5 +298,6 @@ mod tests {
     fn this_process_can_be_read() {
         let s = ProcSample::read(std::process::id()).expect("own /proc entry");
         assert!(s.rss_kib > 0);
+        assert!(s.anon_kib > 0 && s.anon_kib < s.rss_kib, "{s:?}");
     }
 }
