@@ -330,18 +330,24 @@ impl Env {
     }
 }
 
+/// Fails with the first participant's failure, if one failed.
+fn no_failure<T>(ps: &[T], failure: impl Fn(&T) -> Option<String>) -> anyhow::Result<()> {
+    match ps
+        .iter()
+        .enumerate()
+        .find_map(|(i, p)| failure(p).map(|e| (i, e)))
+    {
+        Some((i, e)) => bail!("participant {i} failed: {e}"),
+        None => Ok(()),
+    }
+}
+
 /// Wait until every participant receives `streams` streams (at least one when 0); fail on
 /// the first failure.
 async fn all_receiving(ps: &[Participant], streams: usize, within: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + within;
     loop {
-        if let Some((i, e)) = ps
-            .iter()
-            .enumerate()
-            .find_map(|(i, p)| p.failure().map(|e| (i, e)))
-        {
-            bail!("participant {i} failed: {e}");
-        }
+        no_failure(ps, Participant::failure)?;
         let waiting = ps
             .iter()
             .filter(|p| p.first_remote_frame().is_none() || p.streams_heard() < streams)
@@ -511,20 +517,13 @@ async fn joins_on(
             ps.push(server.join(&room, i, env.peer(i, true, true))?);
             if i == 0 {
                 // Alone: nothing to receive. Wait until it publishes.
-                let deadline = Instant::now() + Duration::from_secs(15);
-                while !ps[0]
-                    .peers()
-                    .iter()
-                    .any(|p| p.live().connected_at.is_some())
-                {
-                    if let Some(e) = ps[0].failure() {
-                        bail!("participant 0 failed: {e}");
-                    }
-                    if Instant::now() > deadline {
-                        bail!("participant 0 did not connect within 15 s");
-                    }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
+                let p = &ps[0];
+                first_settled(
+                    "connect",
+                    || p.peers().iter().any(|p| p.live().connected_at.is_some()),
+                    || p.failure(),
+                )
+                .await?;
                 continue;
             }
             all_receiving(&ps[i..], 0, Duration::from_secs(15))
@@ -534,6 +533,106 @@ async fn joins_on(
         }
     }
     Ok(times)
+}
+
+/// Wait up to 15 s for the first participant of a one-by-one join to `what` (`settled`).
+async fn first_settled(
+    what: &str,
+    settled: impl Fn() -> bool,
+    failure: impl Fn() -> Option<String>,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !settled() {
+        if let Some(e) = failure() {
+            bail!("participant 0 failed: {e}");
+        }
+        if Instant::now() > deadline {
+            bail!("participant 0 did not {what} within 15 s");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
+/// Join time to the first remote frame that decrypted, with end-to-end encryption: the
+/// native client's media session (MLS member, SFrame on every frame) instead of a load peer.
+/// sealroom only (Janus has no counterpart); one by one, or all at once; `rounds` times, each
+/// on a fresh SFU.
+async fn joins_e2ee(env: &Env, n: usize, storm: bool, rounds: usize) -> anyhow::Result<JoinResult> {
+    let mut times = Vec::new();
+    for _ in 0..rounds.max(1) {
+        let mut server = env.start(Which::Sealroom).await?;
+        let result = match &mut server {
+            Server::Sealroom(s) => joins_e2ee_on(env, s, n, storm).await,
+            Server::Janus(_) => Err(anyhow::anyhow!("encrypted joins need sealroom")),
+        };
+        server.stop().await;
+        times.extend(result?);
+    }
+    Ok(JoinResult::new(n, times))
+}
+
+async fn joins_e2ee_on(
+    env: &Env,
+    s: &mut sealroom::Sealroom,
+    n: usize,
+    storm: bool,
+) -> anyhow::Result<Vec<Duration>> {
+    let room = s.room(n).await?;
+    let bind = SocketAddr::new(env.net.media_ip(), 0);
+    let mut ps = Vec::new();
+    if storm {
+        for i in 0..n {
+            ps.push(s.join_e2ee(&room, i, bind)?);
+        }
+        return all_decrypting(&ps, Duration::from_secs(30)).await;
+    }
+    let mut times = Vec::new();
+    for i in 0..n {
+        ps.push(s.join_e2ee(&room, i, bind)?);
+        if i == 0 {
+            // Alone: nothing to receive. Wait until it is connected and has made the group.
+            let p = &ps[0];
+            first_settled(
+                "connect and make the MLS group",
+                || p.settled(),
+                || p.failure(),
+            )
+            .await?;
+            continue;
+        }
+        let t = all_decrypting(&ps[i..], Duration::from_secs(15))
+            .await
+            .with_context(|| format!("participant {i} joining"))?;
+        times.extend(t);
+    }
+    Ok(times)
+}
+
+/// Wait until every participant has decrypted a frame from someone; their join times.
+async fn all_decrypting(
+    ps: &[sealroom::E2eeParticipant],
+    within: Duration,
+) -> anyhow::Result<Vec<Duration>> {
+    let deadline = Instant::now() + within;
+    loop {
+        no_failure(ps, sealroom::E2eeParticipant::failure)?;
+        let times: Vec<Duration> = ps
+            .iter()
+            .filter_map(sealroom::E2eeParticipant::first_decrypted_frame)
+            .collect();
+        if times.len() == ps.len() {
+            return Ok(times);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} of {} participants decrypted nothing within {within:?}",
+                ps.len() - times.len(),
+                ps.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// The same delay measured without an SFU: one publisher straight to one subscriber, for
@@ -827,6 +926,19 @@ async fn scenarios(
                 eprintln!("  failed: {e:#}");
             }
             out.push(Outcome::join(name, label(w), r));
+        }
+        if which.contains(&Which::Sealroom) {
+            let n = env.args.join_n;
+            let name = format!(
+                "join e2ee {} N={n}",
+                if storm { "storm" } else { "one by one" }
+            );
+            eprintln!("{name}: sealroom …");
+            let r = joins_e2ee(env, n, storm, env.args.join_rounds).await;
+            if let Err(e) = &r {
+                eprintln!("  failed: {e:#}");
+            }
+            out.push(Outcome::join(name, label(Which::Sealroom), r));
         }
     }
     let capacity_wanted = env.args.scenarios.contains(&Group::Capacity);

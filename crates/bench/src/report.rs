@@ -913,7 +913,11 @@ pub fn markdown(ctx: &Context, results: &[Outcome]) -> String {
          the signaling (sealroom: the WebSocket of a logged-in device; Janus: creating the API \
          session) to the first frame from anyone; one by one: each joins alone into the \
          meeting the previous ones made; storm: all N start at once; {} rounds pooled, each on \
-         a fresh SFU.\n",
+         a fresh SFU. *join e2ee* (sealroom only; Janus has no counterpart): the participants \
+         are the native client with end-to-end encryption, so the time runs to the first frame \
+         that decrypted: signaling, admission, the MLS binding, KeyPackage, the commit that \
+         adds the newcomer and its Welcome (or, for the first, the new group), SFrame keys, \
+         media connection and a keyframe.\n",
         ctx.warmup, ctx.seconds, ctx.janus_event_loops, ctx.join_rounds
     );
     if let Some((p50, p99)) = ctx.direct_delay_ms {

@@ -1,12 +1,15 @@
 //! The sealroom side: start `sealroom serve` with a temporary data directory where the SFU
 //! lives, provision people and a meeting with its CLI, enrol a software device per load
 //! participant, and join through the real admission path (crates/client's signaling). Media
-//! then runs in a [`crate::peer`] without MLS: the SFU forwards opaque bytes.
+//! then runs in a [`crate::peer`] without MLS: the SFU forwards opaque bytes. The encrypted
+//! join ([`Sealroom::join_e2ee`]) instead runs the native client's whole media session: an
+//! MLS member with SFrame on every frame, as a user's client is.
 
 use crate::peer::{PeerConfig, PeerHandle};
 use crate::system::Net;
 use crate::Participant;
 use anyhow::{bail, Context};
+use sealroom_client::media::{MediaOptions, MediaSession};
 use sealroom_client::{Client, JoinOutcome, Session};
 use sealroom_proto::{ClientMsg, MediaSource, ServerMsg, Source};
 use std::net::SocketAddr;
@@ -29,6 +32,17 @@ pub struct Sealroom {
 pub struct Room {
     pub meeting: String,
     sessions: Vec<Session>,
+}
+
+impl Room {
+    /// Participant `index`'s logged-in session and the meeting id.
+    fn participant(&self, index: usize) -> anyhow::Result<(Session, String)> {
+        let session = self
+            .sessions
+            .get(index)
+            .context("no such participant in the room")?;
+        Ok((session.clone(), self.meeting.clone()))
+    }
 }
 
 impl Sealroom {
@@ -176,12 +190,7 @@ impl Sealroom {
 
     /// Start participant `index` joining now: signaling, admission, then media.
     pub fn join(&self, room: &Room, index: usize, cfg: PeerConfig) -> anyhow::Result<Participant> {
-        let session = room
-            .sessions
-            .get(index)
-            .context("no such participant in the room")?
-            .clone();
-        let meeting = room.meeting.clone();
+        let (session, meeting) = room.participant(index)?;
         let error = Arc::new(Mutex::new(None));
         let peers = Arc::new(Mutex::new(Vec::new()));
         let started = Instant::now();
@@ -194,6 +203,47 @@ impl Sealroom {
         Ok(Participant::new(started, peers, error, driver))
     }
 
+    /// Start participant `index` joining now with end-to-end encryption: signaling,
+    /// admission, then the native client's media session (it joins the meeting's MLS group
+    /// and encrypts and decrypts every frame), bound to `bind`.
+    pub fn join_e2ee(
+        &self,
+        room: &Room,
+        index: usize,
+        bind: SocketAddr,
+    ) -> anyhow::Result<E2eeParticipant> {
+        let (session, meeting) = room.participant(index)?;
+        let media = Arc::new(Mutex::new(None));
+        let error = Arc::new(Mutex::new(None));
+        let (m, e) = (media.clone(), error.clone());
+        let task = tokio::spawn(async move {
+            let since = Instant::now();
+            let started = async {
+                let mut sig = session.signaling().await.map_err(|e| e.to_string())?;
+                match sig.join(&meeting).await.map_err(|e| e.to_string())? {
+                    JoinOutcome::Admitted { .. } => {}
+                    JoinOutcome::Lobby => return Err("held in the lobby".to_string()),
+                    JoinOutcome::Refused(reason, message) => {
+                        return Err(format!("refused ({reason:?}): {message}"))
+                    }
+                }
+                let opts = MediaOptions {
+                    bind,
+                    since,
+                    ..MediaOptions::default()
+                };
+                MediaSession::start(sig, opts)
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            match started.await {
+                Ok(s) => *m.lock().unwrap_or_else(|p| p.into_inner()) = Some(s),
+                Err(err) => *e.lock().unwrap_or_else(|p| p.into_inner()) = Some(err),
+            }
+        });
+        Ok(E2eeParticipant { media, error, task })
+    }
+
     pub fn describe(&self) -> String {
         format!("sealroom ({})", self.bin.display())
     }
@@ -201,6 +251,46 @@ impl Sealroom {
     pub async fn stop(mut self) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
+    }
+}
+
+/// A participant joining with end-to-end encryption ([`Sealroom::join_e2ee`]).
+pub struct E2eeParticipant {
+    media: Arc<Mutex<Option<MediaSession>>>,
+    error: Arc<Mutex<Option<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl E2eeParticipant {
+    /// From the start of the join to the first frame from anyone that decrypted.
+    pub fn first_decrypted_frame(&self) -> Option<Duration> {
+        let media = self.media.lock().unwrap_or_else(|p| p.into_inner());
+        media.as_ref()?.stats().first_remote_frame_after
+    }
+
+    /// Media connected and in the MLS group: what a later participant joins.
+    pub fn settled(&self) -> bool {
+        let media = self.media.lock().unwrap_or_else(|p| p.into_inner());
+        media.as_ref().is_some_and(|m| {
+            let st = m.stats();
+            st.connected_after.is_some() && st.e2ee.state == "active"
+        })
+    }
+
+    /// Why it failed, if it did (the join, or the media session ending by itself).
+    pub fn failure(&self) -> Option<String> {
+        if let Some(e) = self.error.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Some(e);
+        }
+        let media = self.media.lock().unwrap_or_else(|p| p.into_inner());
+        media.as_ref()?.stats().ended
+    }
+}
+
+impl Drop for E2eeParticipant {
+    fn drop(&mut self) {
+        // Dropping the media session stops its task and closes the signaling socket.
+        self.task.abort();
     }
 }
 
