@@ -228,3 +228,49 @@ test('reconnect grace: a dropped signaling socket comes back admitted, past the 
     { deadlineMs: TIMEOUT_MS - 10_000 },
   );
 });
+
+// A signaling connection that dies silently (nothing arrives any more and nothing closes it, as
+// when a network goes away) is noticed by the page from its unanswered pings, which then
+// reconnects and is admitted again as the same participant. Playwright sits between the page
+// and the server and stops passing the server's messages on; the test shortens the page's ping
+// interval and pong timeout (20 s and 10 s otherwise) with its test flags.
+test('a silent signaling connection is noticed from unanswered pings: the page reconnects and is admitted again', { timeout: TIMEOUT_MS }, async (t) => {
+  await withResources(
+    async (res) => {
+      const { users, meetingUrl } = await setupCall(res, ['bob']);
+      const { admin, bob } = users;
+      await bob.page.addInitScript(() => {
+        window.__sealroomTestFlags = { pingIntervalMs: 500, pongTimeoutMs: 1000 };
+      });
+      let silent = false;
+      let sockets = 0;
+      await bob.page.routeWebSocket(/\/api\/ws$/, (ws) => {
+        sockets += 1;
+        const server = ws.connectToServer();
+        server.onMessage((m) => {
+          if (!silent) ws.send(m);
+        });
+      });
+      await joinCall(admin, meetingUrl);
+      const bobId = await joinCall(bob, meetingUrl);
+      await admin.page.locator('[data-testid=participant][data-user=bob]').waitFor();
+      assert.equal(sockets, 1);
+
+      silent = true;
+      const t0 = Date.now();
+      await meetingState(bob.page, 'reconnecting').waitFor();
+      const noticed = Date.now() - t0;
+      silent = false;
+      await meetingState(bob.page, 'admitted').waitFor();
+      const readmitted = Date.now() - t0;
+      assert.ok(sockets >= 2, 'the page opened a new socket');
+      assert.equal(await tid(bob.page, 'self-tile').getAttribute('data-participant'), bobId, 'the same participant');
+      // Without the pong timeout the page never notices here (the connection stays open).
+      const summary = `silence → bob's page reconnecting ${noticed} ms, → re-admitted ${readmitted} ms`;
+      log(summary);
+      t.diagnostic(summary);
+      assertClean(admin, bob);
+    },
+    { deadlineMs: TIMEOUT_MS - 10_000 },
+  );
+});

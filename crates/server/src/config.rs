@@ -149,6 +149,13 @@ pub struct SessionLimits {
     /// An open WebSocket re-checks its session, device and user this often (revocations
     /// made without notifying the server, expiry).
     pub recheck_secs: u64,
+    /// An open WebSocket is sent a protocol ping this often (browsers and WebSocket libraries
+    /// answer it by themselves).
+    pub ping_secs: u64,
+    /// A WebSocket that sent nothing for this long, not even the answer to a ping, is
+    /// treated as dropped: a connection that died without a close (a lost network, a
+    /// sleeping laptop) can otherwise stay open on the server for many minutes.
+    pub silence_secs: u64,
 }
 
 impl Default for SessionLimits {
@@ -157,6 +164,8 @@ impl Default for SessionLimits {
             idle_secs: 30 * 60,
             absolute_secs: 12 * 3600,
             recheck_secs: 20,
+            ping_secs: 15,
+            silence_secs: 45,
         }
     }
 }

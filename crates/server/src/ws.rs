@@ -177,12 +177,17 @@ impl Socket {
             self.app.config.session.recheck_secs.max(1),
         ));
         recheck.tick().await;
+        let limits = &self.app.config.session;
+        let mut ping = tokio::time::interval(Duration::from_secs(limits.ping_secs.max(1)));
+        let silence = Duration::from_secs(limits.silence_secs.max(1));
+        ping.tick().await;
+        let mut heard = tokio::time::Instant::now();
         // A connection that ends without a normal close (code 1000) dropped: the participant
         // keeps its place for the reconnect grace.
         let mut dropped = true;
         let close_reason = loop {
             let flow = tokio::select! {
-                incoming = ws.recv() => match incoming {
+                incoming = ws.recv() => { heard = tokio::time::Instant::now(); match incoming {
                     Some(Ok(Message::Text(t))) => self.on_text(&mut ws, t.as_str()).await,
                     Some(Ok(Message::Binary(_))) => {
                         let _ = send(&mut ws, &error("text_only", "Messages are JSON text.")).await;
@@ -194,9 +199,18 @@ impl Socket {
                         break None;
                     }
                     None | Some(Err(_)) => break None,
-                },
+                }},
                 notice = recv(&mut self.rx) => self.on_notice(&mut ws, notice).await,
                 _ = recheck.tick() => self.recheck().await,
+                _ = ping.tick() => {
+                    match tokio::time::timeout(silence, ws.send(Message::Ping(Default::default()))).await {
+                        Ok(Ok(())) => Flow::Continue,
+                        // Gone, or it took nothing for a whole silence period: dropped.
+                        _ => break None,
+                    }
+                }
+                // Not even the answer to a ping: the connection is gone, whatever TCP thinks.
+                _ = tokio::time::sleep_until(heard + silence) => break None,
             };
             if let Flow::Close(r) = flow {
                 break Some(r);

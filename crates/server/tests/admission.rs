@@ -452,17 +452,62 @@ async fn a_new_device_is_announced_to_the_users_other_devices_and_to_admins() {
     assert!(e.try_next(Duration::from_millis(300)).await.is_none());
 }
 
+/// A connection that dies without a close (a lost network, a sleeping laptop) must not stay
+/// in the meeting for as long as TCP takes to notice: the server pings every socket, and one
+/// that answers nothing for `silence_secs` is dropped, as if its connection had closed. A
+/// socket that answers (its client reads, so its WebSocket library answers the pings) stays.
+#[tokio::test]
+async fn a_silent_connection_is_dropped_and_one_that_answers_pings_stays() {
+    let s = server_with(|c| {
+        c.session.ping_secs = 1;
+        c.session.silence_secs = 3;
+        c.reconnect_grace = Duration::from_secs(2);
+    })
+    .await;
+    let Hosted {
+        id, mut h, mut b, ..
+    } = s.hana_hosts_bob(false).await;
+    assert!(matches!(b.join(&id).await, ServerMsg::Admitted { .. }));
+    let started = Instant::now();
+    let listed = |m: &ServerMsg, name: &str, away: bool| match m {
+        ServerMsg::Participants { participants } => participants
+            .iter()
+            .any(|p| p.user_name == name && p.away == away),
+        _ => false,
+    };
+    // bob's client stops reading (and so answering): after the silence he is away, then,
+    // after the grace, gone.
+    h.expect("bob away", |m| listed(m, "bob", true)).await;
+    // (The silence counts from bob's last message, his join, just before `started`.)
+    let away_after = started.elapsed();
+    assert!(
+        away_after >= Duration::from_secs(2),
+        "away after {away_after:?}, before the silence ran out"
+    );
+    let gone = h
+        .expect(
+            "bob gone",
+            |m| matches!(m, ServerMsg::Participants { participants } if participants.len() == 1),
+        )
+        .await;
+    assert!(listed(&gone, "hana", false), "{gone:?}");
+    assert!(b.closed_within(Duration::from_secs(1)).await);
+    // hana's client read all along: well past the silence, she is still served.
+    assert!(started.elapsed() > Duration::from_secs(5));
+    h.send(&ClientMsg::Ping).await;
+    h.expect("pong", |m| matches!(m, ServerMsg::Pong)).await;
+}
+
 #[tokio::test]
 async fn a_dropped_connection_keeps_the_place_for_the_grace_period_only() {
     let s = server_with(|c| c.reconnect_grace = Duration::from_secs(2)).await;
-    let host = s.passkey_user("hana", Role::Organiser).await;
-    let bob = s.member("bob").await;
-    let id = s
-        .meeting("hana", meeting_req(Level::Open, &["bob"], &[], true))
-        .await;
-    let mut h = host.ws().await;
-    assert!(matches!(h.join(&id).await, ServerMsg::Admitted { .. }));
-    let mut b = bob.ws().await;
+    let Hosted {
+        bob,
+        id,
+        mut h,
+        mut b,
+        ..
+    } = s.hana_hosts_bob(true).await;
     assert!(matches!(b.join(&id).await, ServerMsg::Lobby));
     let ServerMsg::LobbyUpdate { waiting } = h
         .expect(

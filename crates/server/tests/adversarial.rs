@@ -509,14 +509,9 @@ async fn enrolment_links_are_single_use_revocable_expiring_and_reading_changes_n
 #[tokio::test]
 async fn malformed_oversized_and_out_of_order_messages_get_clear_errors_and_change_nothing() {
     let s = server().await;
-    let host = s.passkey_user("hana", Role::Organiser).await;
-    let bob = s.member("bob").await;
-    let id = s
-        .meeting("hana", meeting_req(Level::Open, &["bob"], &[], true))
-        .await;
-    let mut h = host.ws().await;
-    assert!(matches!(h.join(&id).await, ServerMsg::Admitted { .. }));
-    let mut b = bob.ws().await;
+    let Hosted {
+        id, mut h, mut b, ..
+    } = s.hana_hosts_bob(true).await;
 
     let expect_error = |code: &'static str| move |m: &ServerMsg| matches!(m, ServerMsg::Error { code: c, .. } if c == code);
     // Authenticated, not in a meeting.

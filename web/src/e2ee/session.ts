@@ -55,10 +55,14 @@ export function initialStatus(withheld: boolean): MlsStatus {
   };
 }
 
-/** Test switches read when a call starts (set with Playwright's addInitScript). */
+/** Test switches read when a call or a signaling socket starts (set with Playwright's addInitScript). */
 export interface TestFlags {
   /** The MLS worker never gives the transform worker a key ("without keys" check). */
   withholdKeys?: boolean;
+  /** Signaling pings this often instead of every 20 s (the dead-connection check). */
+  pingIntervalMs?: number;
+  /** A ping unanswered this long drops the socket, instead of 10 s. */
+  pongTimeoutMs?: number;
 }
 
 export function testFlags(): TestFlags {

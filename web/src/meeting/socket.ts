@@ -1,10 +1,15 @@
 // The signaling WebSocket: same origin `/api/ws`, JSON text frames of ClientMsg/ServerMsg,
-// a ping every 20 s while open (it also keeps the session's idle timer alive).
+// a ping every 20 s while open (it also keeps the session's idle timer alive). A ping that
+// nothing answers within 10 s means the connection is gone even if the browser has not
+// noticed (a lost network can leave a TCP connection looking open for minutes): the socket is
+// dropped, and the page reconnects as after any drop.
 
 import { MAX_WS_MESSAGE, type ClientMsg, type ServerMsg } from '../proto';
+import { testFlags } from '../e2ee/session';
 import { parseServerMsg } from './state';
 
 const PING_INTERVAL_MS = 20_000;
+const PONG_TIMEOUT_MS = 10_000;
 
 export interface SocketHandlers {
   onMessage(msg: ServerMsg): void;
@@ -14,6 +19,9 @@ export interface SocketHandlers {
 export class SignalingSocket {
   private ws: WebSocket | null = null;
   private pingTimer: number | null = null;
+  private pongTimer: number | null = null;
+  /** When the current socket last received anything. */
+  private heardAt = 0;
   private readonly handlers: SocketHandlers;
 
   constructor(handlers: SocketHandlers) {
@@ -31,10 +39,15 @@ export class SignalingSocket {
     this.ws = ws;
     ws.addEventListener('open', () => {
       if (this.ws !== ws) return;
-      this.pingTimer = window.setInterval(() => this.send({ type: 'ping' }), PING_INTERVAL_MS);
+      const flags = testFlags();
+      const interval = flags.pingIntervalMs ?? PING_INTERVAL_MS;
+      const timeout = flags.pongTimeoutMs ?? PONG_TIMEOUT_MS;
+      this.heardAt = performance.now();
+      this.pingTimer = window.setInterval(() => this.ping(ws, timeout), interval);
     });
     ws.addEventListener('message', (ev: MessageEvent) => {
       if (this.ws !== ws) return;
+      this.heardAt = performance.now();
       const msg = parseServerMsg(ev.data);
       if (msg) this.handlers.onMessage(msg);
     });
@@ -59,6 +72,28 @@ export class SignalingSocket {
     return true;
   }
 
+  /** Sends a ping; drops the socket if nothing at all arrives within `timeout` ms. */
+  private ping(ws: WebSocket, timeout: number): void {
+    if (this.ws !== ws || this.pongTimer !== null) return;
+    const sentAt = performance.now();
+    if (!this.send({ type: 'ping' })) return;
+    this.pongTimer = window.setTimeout(() => {
+      this.pongTimer = null;
+      if (this.ws === ws && this.heardAt < sentAt) this.abandon(ws);
+    }, timeout);
+  }
+
+  /**
+   * The connection is gone: forget the socket at once (on a dead connection its close event
+   * can take a minute, the closing handshake's timeout) and report a drop (code 4000).
+   */
+  private abandon(ws: WebSocket): void {
+    this.stopPing();
+    this.ws = null;
+    ws.close(4000, 'no answer');
+    this.handlers.onClose(new CloseEvent('close', { code: 4000, reason: 'no answer' }));
+  }
+
   /**
    * Test hook: closes abruptly, the way a lost network looks to the server (any code but 1000
    * counts as a drop there), and reports it through `onClose` like any other close.
@@ -79,6 +114,10 @@ export class SignalingSocket {
     if (this.pingTimer !== null) {
       window.clearInterval(this.pingTimer);
       this.pingTimer = null;
+    }
+    if (this.pongTimer !== null) {
+      window.clearTimeout(this.pongTimer);
+      this.pongTimer = null;
     }
   }
 }

@@ -89,6 +89,26 @@ impl TestServer {
         c
     }
 
+    /// hana (organiser) hosts an open meeting that invites bob (`lobby`: he waits there):
+    /// hana's socket is admitted, bob's is open but has not joined.
+    pub async fn hana_hosts_bob(&self, lobby: bool) -> Hosted {
+        let host = self.passkey_user("hana", Role::Organiser).await;
+        let bob = self.member("bob").await;
+        let id = self
+            .meeting("hana", meeting_req(Level::Open, &["bob"], &[], lobby))
+            .await;
+        let mut h = host.ws().await;
+        assert!(matches!(h.join(&id).await, ServerMsg::Admitted { .. }));
+        let b = bob.ws().await;
+        Hosted {
+            host,
+            bob,
+            id,
+            h,
+            b,
+        }
+    }
+
     pub async fn meeting(&self, organiser: &str, req: CreateMeeting) -> String {
         let store = &self.running.app.store;
         let org = store
@@ -207,6 +227,15 @@ impl Client {
 
 pub fn rand_bytes() -> [u8; 32] {
     rand::random()
+}
+
+/// [`TestServer::hana_hosts_bob`]: the two people, the meeting and their sockets.
+pub struct Hosted {
+    pub host: Client,
+    pub bob: Client,
+    pub id: String,
+    pub h: Ws,
+    pub b: Ws,
 }
 
 pub struct Ws {
