@@ -242,28 +242,38 @@ test('a silent signaling connection is noticed from unanswered pings: the page r
       await bob.page.addInitScript(() => {
         window.__sealroomTestFlags = { pingIntervalMs: 500, pongTimeoutMs: 1000 };
       });
-      let silent = false;
-      let sockets = 0;
+      // Each routed socket is a link; a dead link passes nothing either way, not even the
+      // page's close (the server still has the socket open, as with a lost network).
+      const links = [];
       await bob.page.routeWebSocket(/\/api\/ws$/, (ws) => {
-        sockets += 1;
+        const link = { dead: false };
+        links.push(link);
         const server = ws.connectToServer();
         server.onMessage((m) => {
-          if (!silent) ws.send(m);
+          if (!link.dead) ws.send(m);
+        });
+        ws.onMessage((m) => {
+          if (!link.dead) server.send(m);
+        });
+        ws.onClose((code, reason) => {
+          if (!link.dead) server.close({ code, reason });
         });
       });
       await joinCall(admin, meetingUrl);
       const bobId = await joinCall(bob, meetingUrl);
       await admin.page.locator('[data-testid=participant][data-user=bob]').waitFor();
-      assert.equal(sockets, 1);
+      assert.equal(links.length, 1);
 
-      silent = true;
+      links[0].dead = true;
       const t0 = Date.now();
       await meetingState(bob.page, 'reconnecting').waitFor();
       const noticed = Date.now() - t0;
-      silent = false;
       await meetingState(bob.page, 'admitted').waitFor();
       const readmitted = Date.now() - t0;
-      assert.ok(sockets >= 2, 'the page opened a new socket');
+      assert.ok(links.length >= 2, 'the page opened a new socket');
+      // The new socket took the place of the one the server still had: bob is listed once.
+      await admin.page.locator('[data-testid=participant][data-user=bob]').waitFor();
+      assert.equal(await admin.page.locator('[data-testid=participant][data-user=bob]').count(), 1);
       assert.equal(await tid(bob.page, 'self-tile').getAttribute('data-participant'), bobId, 'the same participant');
       // Without the pong timeout the page never notices here (the connection stays open).
       const summary = `silence → bob's page reconnecting ${noticed} ms, → re-admitted ${readmitted} ms`;

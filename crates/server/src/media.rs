@@ -8,7 +8,8 @@
 
 use sealroom_proto::{RemoteTrack, Source};
 use sealroom_sfu::{
-    Event, Input, Output, ParticipantConfig, ParticipantId, RoomId, Sfu, SfuConfig, SourceFilter,
+    Event, Input, Output, ParticipantConfig, ParticipantId, RoomId, SessionError, Sfu, SfuConfig,
+    SourceFilter,
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -37,8 +38,11 @@ pub enum MediaEvent {
     Path(SocketAddr),
     /// A connectivity check came from a source the level refuses (dropped, not used).
     PathRefused(SocketAddr),
-    /// The transport ended inside the SFU (peer error, closed).
+    /// The transport failed inside the SFU (peer error, never connected).
     Ended(String),
+    /// The peer closed its transport (DTLS close): it is leaving, or restarting its call
+    /// after its signaling dropped. Participation is the signaling socket's business.
+    Closed,
 }
 
 /// Everything needed to add a participant on its first offer.
@@ -312,7 +316,12 @@ async fn drain(
                     reason,
                 } => {
                     parts.remove(&participant.0);
-                    let _ = events.send((participant.0, MediaEvent::Ended(format!("{reason:?}"))));
+                    let event = if reason == SessionError::ClosedByPeer {
+                        MediaEvent::Closed
+                    } else {
+                        MediaEvent::Ended(format!("{reason:?}"))
+                    };
+                    let _ = events.send((participant.0, event));
                 }
                 Event::TrackPublished { .. } | Event::TrackUnpublished { .. } => {
                     tracks_changed = true

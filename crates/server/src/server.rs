@@ -319,17 +319,31 @@ async fn route_media_events(
                         .send(socket, Notice::Ended(RefusalReason::MediaFailed));
                 }
             }
-            MediaEvent::Ended(reason) => {
-                if let Some((_, info)) = app.hub.media_room(socket) {
-                    let who = app.hub.socket_actor(socket).unwrap_or_default();
-                    let entry = app.entry(
-                        "media.ended",
-                        &who,
-                        &format!("meeting:{}", info.id),
-                        "",
-                        serde_json::json!({"reason": reason}),
-                    );
-                    let _ = app.audit_alone(entry).await;
+            MediaEvent::Closed | MediaEvent::Ended(_) => {
+                let Some((_, info)) = app.hub.media_room(socket) else {
+                    continue;
+                };
+                let reason = match &event {
+                    MediaEvent::Ended(r) => r.as_str(),
+                    _ => "ClosedByPeer",
+                };
+                let who = app.hub.socket_actor(socket).unwrap_or_default();
+                let entry = app.entry(
+                    "media.ended",
+                    &who,
+                    &format!("meeting:{}", info.id),
+                    "",
+                    serde_json::json!({"reason": reason}),
+                );
+                let _ = app.audit_alone(entry).await;
+                if matches!(event, MediaEvent::Closed) {
+                    // The page closed its peer connection without leaving: it is restarting
+                    // its call (its signaling dropped and a new socket is on the way, or it
+                    // will be dropped as silent). Shown as media not connected; ending the
+                    // participation here would race the reconnect and cost it its place.
+                    app.hub
+                        .update_participant(socket, |p| p.media_connected = false);
+                } else {
                     app.hub
                         .send(socket, Notice::Ended(RefusalReason::MediaFailed));
                 }
