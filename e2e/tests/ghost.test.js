@@ -74,7 +74,7 @@ test('open: a member the server does not announce is in every roster as "not ann
         assert.equal(await dom.getAttribute('data-state'), 'not-announced');
         assert.equal(await dom.getAttribute('data-device'), E.me.device_id);
         const text = await dom.textContent();
-        for (const words of ['Eve Member (eve)', 'verified, but not announced by the server', "Device: Eve Member's laptop (passkey)", 'Network (server\u2019s view): unknown', 'not announced by the server']) {
+        for (const words of ['Eve Member (eve)', 'verified, but not announced by the server', "Device: Eve Member's laptop (passkey, web client)", 'Network (server\u2019s view): unknown', 'not announced by the server']) {
           assert.ok(text.includes(words), `${label}: eve's roster row says "${words}": ${text}`);
         }
         assert.ok((await tid(u.page, 'e2ee-warning').allTextContents()).some((w) => w.includes('Eve Member (eve): not announced by the server')), `${label}: the warning is shown`);

@@ -49,7 +49,12 @@ test('a native client and two browsers each receive the others', { timeout: TIME
       const botTile = A.page.locator('[data-testid=tile][data-user=bot]');
       await botTile.waitFor({ timeout: 15_000 });
       ids.bot = await botTile.getAttribute('data-participant');
-      assert.match(await botTile.textContent(), /software device/);
+      assert.match(await botTile.textContent(), /software device, native client/);
+      // Members on the web client run code the server delivers (T9): every list says which is which.
+      const clientOf = (user) => A.page.locator(`[data-testid=participant][data-user=${user}] [data-testid=client-kind]`).getAttribute('data-client');
+      assert.equal(await clientOf('bot'), 'native');
+      assert.equal(await clientOf('bob'), 'web');
+      assert.match(await A.page.locator(`[data-testid=tile][data-participant="${ids.bob}"]`).textContent(), /passkey, web client/);
 
       // Both browsers decode the native client (and each other).
       await waitUntil('bob receives the bot', async () => (await B.page.locator(`[data-testid=tile][data-participant="${ids.bot}"] video[data-source=camera]`).count()) === 1);

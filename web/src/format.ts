@@ -8,6 +8,18 @@ export function kindLabel(kind: DeviceKind): string {
   return kind === 'software' ? 'software device' : 'passkey';
 }
 
+/**
+ * Which client a member's device runs. Passkeys are used in browsers, which run the web client
+ * this server delivers (threat T9: a server that cannot be trusted could deliver a modified
+ * one); software devices are the native client, which runs no code from the server.
+ */
+export function clientLabel(kind: DeviceKind | string | null): string {
+  return kind === 'software' ? 'native client' : kind === 'passkey' ? 'web client' : 'unknown client';
+}
+
+/** Said wherever a member is marked as on the web client. */
+export const WEB_CLIENT_NOTE = 'Runs the web client this server delivers: its code comes from the server (threat T9).';
+
 export function levelLabel(level: Level): string {
   return level;
 }

@@ -5,7 +5,7 @@
 // only ever reaches the DOM as text; every security state has words, not only colour).
 
 import { h, uid } from '../dom';
-import { levelLabel } from '../format';
+import { clientLabel, levelLabel } from '../format';
 import type { Level } from '../proto';
 import type { ChatEntry, E2eeSession } from '../e2ee/session';
 import { CHAT_MAX_CHARS } from '../e2ee/session';
@@ -187,7 +187,8 @@ export class SecurityPanel {
     const m = r.member;
     const p = r.participant;
     const name = m ? memberName(m) : p ? `${p.display_name} (${p.user_name})` : 'unknown';
-    const device = m ? `${m.deviceName ?? 'unknown device'} (${deviceKindText(m.deviceKind)})` : p ? `${p.device_name} (${deviceKindText(p.device_kind)})` : '';
+    const kind = m ? m.deviceKind : p ? p.device_kind : null;
+    const device = m ? `${m.deviceName ?? 'unknown device'} (${deviceKindText(kind)}, ${clientLabel(kind)})` : p ? `${p.device_name} (${deviceKindText(kind)}, ${clientLabel(kind)})` : '';
     return h(
       'li',
       {

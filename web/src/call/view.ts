@@ -8,7 +8,7 @@
 // reconnecting: its media is gone until it is back, which is not a failure.
 
 import { h, uid } from '../dom';
-import { kindLabel } from '../format';
+import { clientLabel, kindLabel } from '../format';
 import type { Level, Participant, Source } from '../proto';
 import { AnnouncementWatch, joinRoster, tileIdentity, unannouncedMessage, type RosterRow, type TileIdentity } from '../e2ee/roster';
 import { initialStatus, type E2eeSession } from '../e2ee/session';
@@ -95,7 +95,7 @@ function identityText(d: TileData): string {
   }
   if (!d.keyed) return 'Encryption: waiting for this device’s keys';
   if (id.leaf === null) return id.stalled ? 'Encryption: media arrives but nothing decrypts' : 'Encryption: nothing decrypted from this tile yet';
-  const who = m ? `${memberName(m)} on ${m.deviceName ?? 'unknown device'} (${deviceKindText(m.deviceKind)})` : `leaf ${id.leaf}, which is not a member`;
+  const who = m ? `${memberName(m)} on ${m.deviceName ?? 'unknown device'} (${deviceKindText(m.deviceKind)}, ${clientLabel(m.deviceKind)})` : `leaf ${id.leaf}, which is not a member`;
   const words = [`Encrypted by ${who}`, m?.verified ? 'verified' : 'NOT VERIFIED'];
   if (id.mismatch) words.push('DOES NOT MATCH the server’s name for this tile');
   if (id.stalled) words.push('nothing decrypts any more');
@@ -171,7 +171,7 @@ class Tile {
     setData(this.root, 'verified', String(m?.verified === true && !id.mismatch));
     setText(this.badges, p.host ? 'host' : '');
     this.badges.className = p.host ? 'tile-badges badge badge-host' : 'tile-badges';
-    setText(this.device, `Device: ${p.device_name} (${kindLabel(p.device_kind)})`);
+    setText(this.device, `Device: ${p.device_name} (${kindLabel(p.device_kind)}, ${clientLabel(p.device_kind)})`);
 
     const words = [d.audioMuted ? 'muted' : 'microphone on', d.videoMuted ? 'camera off' : 'camera on'];
     if (d.screen) words.push('sharing screen');

@@ -15,7 +15,7 @@
 
 import { pageHeading, type PageContext } from '../app';
 import { append, h, replaceChildren, uid, type Child } from '../dom';
-import { kindLabel, levelDescription, levelLabel } from '../format';
+import { WEB_CLIENT_NOTE, clientLabel, kindLabel, levelDescription, levelLabel } from '../format';
 import type { ClientMsg, DeviceKind, LobbyEntry, Participant } from '../proto';
 import { CallMedia, type LocalState } from '../call/media';
 import { CallView } from '../call/view';
@@ -59,6 +59,8 @@ function deviceText(name: string, kind: DeviceKind): Child[] {
     name,
     ' ',
     h('span', { class: kind === 'software' ? 'badge badge-software' : 'badge badge-passkey' }, kindLabel(kind)),
+    ' ',
+    h('span', { class: 'badge badge-client', testid: 'client-kind', 'data-client': kind === 'software' ? 'native' : 'web', title: kind === 'software' ? null : WEB_CLIENT_NOTE }, clientLabel(kind)),
   ];
 }
 
