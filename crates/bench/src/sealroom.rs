@@ -10,7 +10,7 @@ use crate::system::Net;
 use crate::Participant;
 use anyhow::{bail, Context};
 use sealroom_client::media::{MediaOptions, MediaSession};
-use sealroom_client::{Client, JoinOutcome, Session};
+use sealroom_client::{Client, JoinOutcome, Session, Signaling};
 use sealroom_proto::{ClientMsg, MediaSource, ServerMsg, Source};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -219,14 +219,7 @@ impl Sealroom {
         let task = tokio::spawn(async move {
             let since = Instant::now();
             let started = async {
-                let mut sig = session.signaling().await.map_err(|e| e.to_string())?;
-                match sig.join(&meeting).await.map_err(|e| e.to_string())? {
-                    JoinOutcome::Admitted { .. } => {}
-                    JoinOutcome::Lobby => return Err("held in the lobby".to_string()),
-                    JoinOutcome::Refused(reason, message) => {
-                        return Err(format!("refused ({reason:?}): {message}"))
-                    }
-                }
+                let sig = admitted(&session, &meeting).await?;
                 let opts = MediaOptions {
                     bind,
                     since,
@@ -294,6 +287,16 @@ impl Drop for E2eeParticipant {
     }
 }
 
+/// Opens `session`'s signaling and joins `meeting`; the socket once admitted.
+async fn admitted(session: &Session, meeting: &str) -> Result<Signaling, String> {
+    let mut sig = session.signaling().await.map_err(|e| e.to_string())?;
+    match sig.join(meeting).await.map_err(|e| e.to_string())? {
+        JoinOutcome::Admitted { .. } => Ok(sig),
+        JoinOutcome::Lobby => Err("held in the lobby".into()),
+        JoinOutcome::Refused(reason, message) => Err(format!("refused ({reason:?}): {message}")),
+    }
+}
+
 /// One participant's signaling: join, offer our media, answer every renegotiation.
 async fn drive(
     session: Session,
@@ -301,14 +304,7 @@ async fn drive(
     cfg: PeerConfig,
     peers: Arc<Mutex<Vec<PeerHandle>>>,
 ) -> Result<(), String> {
-    let mut sig = session.signaling().await.map_err(|e| e.to_string())?;
-    match sig.join(&meeting).await.map_err(|e| e.to_string())? {
-        JoinOutcome::Admitted { .. } => {}
-        JoinOutcome::Lobby => return Err("held in the lobby".into()),
-        JoinOutcome::Refused(reason, message) => {
-            return Err(format!("refused ({reason:?}): {message}"))
-        }
-    }
+    let mut sig = admitted(&session, &meeting).await?;
     let peer = PeerHandle::spawn(cfg).await?;
     peers
         .lock()
