@@ -154,7 +154,8 @@ pub struct SessionLimits {
     pub ping_secs: u64,
     /// A WebSocket that sent nothing for this long, not even the answer to a ping, is
     /// treated as dropped: a connection that died without a close (a lost network, a
-    /// sleeping laptop) can otherwise stay open on the server for many minutes.
+    /// sleeping laptop) can otherwise stay open on the server for many minutes. So is one
+    /// that takes nothing the server sends for as long: a send waits at most this.
     pub silence_secs: u64,
 }
 

@@ -158,7 +158,15 @@ impl Socket {
         }
     }
 
-    async fn run(&mut self, mut ws: WebSocket, ended: Option<RefusalReason>) {
+    async fn run(&mut self, ws: WebSocket, ended: Option<RefusalReason>) {
+        let limits = &self.app.config.session;
+        let silence = Duration::from_secs(limits.silence_secs.max(1));
+        let mut ping = tokio::time::interval(Duration::from_secs(limits.ping_secs.max(1)));
+        let mut ws = Conn {
+            ws,
+            limit: silence,
+            broken: false,
+        };
         let hello = ServerMsg::Hello {
             state: self.state(),
             ended: ended.map(SessionEnd::from),
@@ -177,9 +185,6 @@ impl Socket {
             self.app.config.session.recheck_secs.max(1),
         ));
         recheck.tick().await;
-        let limits = &self.app.config.session;
-        let mut ping = tokio::time::interval(Duration::from_secs(limits.ping_secs.max(1)));
-        let silence = Duration::from_secs(limits.silence_secs.max(1));
         ping.tick().await;
         let mut heard = tokio::time::Instant::now();
         // A connection that ends without a normal close (code 1000) dropped: the participant
@@ -187,7 +192,7 @@ impl Socket {
         let mut dropped = true;
         let close_reason = loop {
             let flow = tokio::select! {
-                incoming = ws.recv() => { heard = tokio::time::Instant::now(); match incoming {
+                incoming = ws.ws.recv() => { heard = tokio::time::Instant::now(); match incoming {
                     Some(Ok(Message::Text(t))) => self.on_text(&mut ws, t.as_str()).await,
                     Some(Ok(Message::Binary(_))) => {
                         let _ = send(&mut ws, &error("text_only", "Messages are JSON text.")).await;
@@ -203,15 +208,17 @@ impl Socket {
                 notice = recv(&mut self.rx) => self.on_notice(&mut ws, notice).await,
                 _ = recheck.tick() => self.recheck().await,
                 _ = ping.tick() => {
-                    match tokio::time::timeout(silence, ws.send(Message::Ping(Default::default()))).await {
-                        Ok(Ok(())) => Flow::Continue,
-                        // Gone, or it took nothing for a whole silence period: dropped.
-                        _ => break None,
-                    }
+                    // A failed send marks the connection broken, handled below.
+                    let _ = ws.send(Message::Ping(Default::default())).await;
+                    Flow::Continue
                 }
                 // Not even the answer to a ping: the connection is gone, whatever TCP thinks.
                 _ = tokio::time::sleep_until(heard + silence) => break None,
             };
+            // Gone, or it took nothing for a whole silence period: dropped.
+            if ws.broken {
+                break None;
+            }
             if let Flow::Close(r) = flow {
                 break Some(r);
             }
@@ -334,7 +341,7 @@ impl Socket {
         }
     }
 
-    async fn on_notice(&mut self, ws: &mut WebSocket, notice: Option<Notice>) -> Flow {
+    async fn on_notice(&mut self, ws: &mut Conn, notice: Option<Notice>) -> Flow {
         match notice {
             None => Flow::Continue,
             Some(Notice::Send(m)) => {
@@ -397,7 +404,7 @@ impl Socket {
         }
     }
 
-    async fn on_text(&mut self, ws: &mut WebSocket, text: &str) -> Flow {
+    async fn on_text(&mut self, ws: &mut Conn, text: &str) -> Flow {
         if text.len() > MAX_WS_MESSAGE {
             let _ = send(
                 ws,
@@ -513,7 +520,7 @@ impl Socket {
 
     /// The one admission path. Not logged in, not invited and no such meeting take exactly the
     /// same steps: rate limit, one keyed lookup, the policy, an audit write, one answer.
-    async fn join(&mut self, ws: &mut WebSocket, meeting_id: &str) -> ApiResult<Flow> {
+    async fn join(&mut self, ws: &mut Conn, meeting_id: &str) -> ApiResult<Flow> {
         let app = self.app.clone();
         let src = self.ip.0.to_string();
         // Re-read the session: it may have been revoked since the socket opened.
@@ -742,7 +749,7 @@ impl Socket {
     /// hub (in order, under the delivery lock), audit entries are written, an error is told.
     async fn mls(
         &mut self,
-        ws: &mut WebSocket,
+        ws: &mut Conn,
         op: impl FnOnce(&mut crate::delivery::Delivery, &crate::delivery::Who) -> Outcome,
     ) -> ApiResult<Flow> {
         let (Some(c), Some((a, _)), Some(socket)) = (&self.current, &self.authed, self.id) else {
@@ -786,7 +793,7 @@ impl Socket {
     /// network rule at its demux and the level's header-extension policy.
     async fn media_offer(
         &mut self,
-        ws: &mut WebSocket,
+        ws: &mut Conn,
         sdp: String,
         sources: Vec<MediaSource>,
     ) -> ApiResult<Flow> {
@@ -841,7 +848,7 @@ impl Socket {
         Ok(Flow::Continue)
     }
 
-    async fn media_answer(&mut self, ws: &mut WebSocket, sdp: String) -> ApiResult<Flow> {
+    async fn media_answer(&mut self, ws: &mut Conn, sdp: String) -> ApiResult<Flow> {
         let socket = self.id.ok_or(Error::Forbidden)?;
         let media = self
             .app
@@ -868,7 +875,7 @@ impl Socket {
         Ok((c, a.0.actor()))
     }
 
-    async fn host_admit(&mut self, ws: &mut WebSocket, pid: &str) -> ApiResult<Flow> {
+    async fn host_admit(&mut self, ws: &mut Conn, pid: &str) -> ApiResult<Flow> {
         let (c, actor) = self.host_context()?;
         let meeting_id = c.meeting.id.clone();
         let app = self.app.clone();
@@ -935,7 +942,7 @@ impl Socket {
         Ok(Flow::Continue)
     }
 
-    async fn host_refuse(&mut self, _ws: &mut WebSocket, pid: &str) -> ApiResult<Flow> {
+    async fn host_refuse(&mut self, _ws: &mut Conn, pid: &str) -> ApiResult<Flow> {
         let (c, actor) = self.host_context()?;
         let meeting_id = c.meeting.id.clone();
         let (found, _, _) = self
@@ -958,7 +965,7 @@ impl Socket {
         Ok(Flow::Continue)
     }
 
-    async fn host_remove(&mut self, ws: &mut WebSocket, pid: &str) -> ApiResult<Flow> {
+    async fn host_remove(&mut self, ws: &mut Conn, pid: &str) -> ApiResult<Flow> {
         let (c, actor) = self.host_context()?;
         if c.participant.id == pid {
             send(
@@ -1054,10 +1061,38 @@ async fn recv(rx: &mut Option<mpsc::UnboundedReceiver<Notice>>) -> Option<Notice
     }
 }
 
-async fn send(ws: &mut WebSocket, msg: &ServerMsg) -> Result<(), axum::Error> {
+async fn send(ws: &mut Conn, msg: &ServerMsg) -> Result<(), axum::Error> {
     // Serialising our own enum cannot fail.
     let text = serde_json::to_string(msg).unwrap_or_default();
     ws.send(Message::Text(text.into())).await
+}
+
+/// The socket, with a bound on every send. A client that takes nothing for a whole silence
+/// period is gone, whatever TCP thinks: a live peer that stops reading answers TCP's window
+/// probes for ever, and a send blocked on its full buffer would keep this task (and the
+/// participant's place in every roster) alive with it.
+struct Conn {
+    ws: WebSocket,
+    /// The longest one send may wait for the client to take it.
+    limit: Duration,
+    /// A send failed or ran out of time: the connection counts as dropped.
+    broken: bool,
+}
+
+impl Conn {
+    async fn send(&mut self, m: Message) -> Result<(), axum::Error> {
+        if self.broken {
+            return Err(axum::Error::new("connection already broken"));
+        }
+        let r = match tokio::time::timeout(self.limit, self.ws.send(m)).await {
+            Ok(r) => r,
+            Err(_) => Err(axum::Error::new(
+                "the client took nothing for a whole silence period",
+            )),
+        };
+        self.broken = r.is_err();
+        r
+    }
 }
 
 /// The close code of a socket the server ended (the page does not reconnect after it).
@@ -1071,7 +1106,7 @@ const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
 /// bytes in the kernel's buffer would make it send a reset, and a reset can destroy the refusal
 /// and our Close before the client reads them: the client would see a dropped connection and
 /// reconnect instead of being told why.
-async fn close(ws: &mut WebSocket, reason: RefusalReason) {
+async fn close(ws: &mut Conn, reason: RefusalReason) {
     let frame = CloseFrame {
         code: CLOSE_ENDED_BY_SERVER,
         reason: reason.as_str().into(),
@@ -1080,7 +1115,7 @@ async fn close(ws: &mut WebSocket, reason: RefusalReason) {
         return;
     }
     let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
-        while let Some(Ok(_)) = ws.recv().await {}
+        while let Some(Ok(_)) = ws.ws.recv().await {}
     })
     .await;
 }

@@ -499,6 +499,92 @@ async fn a_silent_connection_is_dropped_and_one_that_answers_pings_stays() {
 }
 
 #[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_even_while_a_reply_to_it_waits() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    let s = server_with(|c| {
+        c.session.ping_secs = 1;
+        c.session.silence_secs = 3;
+        c.reconnect_grace = Duration::from_secs(1);
+    })
+    .await;
+    let Hosted {
+        id, bob, mut h, b, ..
+    } = s.hana_hosts_bob(false).await;
+    drop(b);
+    // bob's own connection, with a receive buffer so small that the server's replies fill it
+    // at once when he stops reading.
+    let addr = s.running.addr;
+    let tcp =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("tcp");
+    tcp.set_recv_buffer_size(4096).expect("rcvbuf");
+    tcp.connect(&addr.into()).expect("connect");
+    tcp.set_nonblocking(true).expect("nonblocking");
+    let tcp = tokio::net::TcpStream::from_std(tcp.into()).expect("tokio tcp");
+    let mut req = (s.origin().replacen("http", "ws", 1) + "/api/ws")
+        .into_client_request()
+        .expect("req");
+    let headers = req.headers_mut();
+    headers.insert("Origin", s.origin().parse().expect("h"));
+    let cookie = format!("__Host-sealroom={}", bob.cookie.as_deref().expect("cookie"));
+    headers.insert("Cookie", cookie.parse().expect("h"));
+    let (ws, _) = tokio_tungstenite::client_async(req, tcp)
+        .await
+        .expect("upgrade");
+    let (mut tx, mut rx) = ws.split();
+    let join = serde_json::to_string(&ClientMsg::Join { meeting_id: id }).expect("json");
+    tx.send(Message::text(join)).await.expect("join");
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(5), rx.next())
+            .await
+            .expect("admitted in time");
+        if let Some(Ok(Message::Text(t))) = m {
+            if let Ok(ServerMsg::Admitted { .. }) = serde_json::from_str(t.as_str()) {
+                break;
+            }
+        }
+    }
+    // From here bob never reads again, and keeps talking (malformed messages: each reply is
+    // a hundred bytes): the replies fill his buffers, then the server's, and its next send
+    // waits for a reader that never comes.
+    let flood = tokio::spawn(async move { while tx.send(Message::text("x")).await.is_ok() {} });
+    let started = Instant::now();
+    let away = |m: &ServerMsg, want: bool| match m {
+        ServerMsg::Participants { participants } => participants
+            .iter()
+            .any(|p| p.user_name == "bob" && p.away == want),
+        _ => false,
+    };
+    let deadline = started + Duration::from_secs(15);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match h.try_next(left).await {
+            Some(m) if away(&m, true) => break,
+            Some(_) => continue,
+            None => panic!(
+                "bob is still shown as present after {:?}",
+                started.elapsed()
+            ),
+        }
+    }
+    h.expect(
+        "bob gone",
+        |m| matches!(m, ServerMsg::Participants { participants } if participants.len() == 1),
+    )
+    .await;
+    // Filling the buffers takes a moment, then a send waits the silence (3 s) and the place
+    // is kept for the grace (1 s); never "when TCP gives up": a live peer that does not read
+    // keeps TCP's connection up for ever.
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "{:?}",
+        started.elapsed()
+    );
+    flood.abort();
+    drop(rx);
+}
+
+#[tokio::test]
 async fn a_dropped_connection_keeps_the_place_for_the_grace_period_only() {
     let s = server_with(|c| c.reconnect_grace = Duration::from_secs(2)).await;
     let Hosted {
