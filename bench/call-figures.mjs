@@ -4,8 +4,9 @@
 //   SEALROOM_BIN=target/release/sealroom node bench/call-figures.mjs [--seconds 20]
 //
 // Prints: server CPU per participant (kernel accounting of the server process, utime+stime,
-// over a steady window), server memory per participant (RSS with the call up minus RSS before
-// anyone joined, divided by participants), and for each participant the time from pressing join
+// over a steady window), server memory per participant (private memory, the kernel's RssAnon,
+// with the call up minus before anyone joined, divided by participants; RSS growth beside it,
+// which also counts the binary's code pages the call touches first), and for each participant the time from pressing join
 // (navigating to the meeting page) to admission and to the first decoded remote frame.
 // Chromium needs about one core for three pages here, so run it on an otherwise idle machine.
 
@@ -33,9 +34,14 @@ function cpuSeconds(pid) {
   return (Number(rest[11]) + Number(rest[12])) / CLK_TCK;
 }
 
-function rssKiB(pid) {
-  const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
-  return m ? Number(m[1]) : NaN;
+// RSS and its private part (RssAnon: what the server allocated), KiB.
+function memKiB(pid) {
+  const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+  const field = (name) => {
+    const m = new RegExp(`${name}:\\s+(\\d+) kB`).exec(status);
+    return m ? Number(m[1]) : NaN;
+  };
+  return { rss: field('VmRSS'), anon: field('RssAnon') };
 }
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -58,7 +64,7 @@ await withResources(
     const meeting = await cli(server.dataDir, ['meeting', 'create', '--title', 'Figures', '--level', 'open', '--invite', names.join(','), '--host', 'admin']);
     const url = `${server.origin}/m/${meeting.id}`;
     await sleep(1000);
-    const rssBefore = rssKiB(pid);
+    const memBefore = memKiB(pid);
 
     // The first two join; the third is timed from pressing join (navigation) to admission and
     // to the first decoded frame from each of the others.
@@ -79,7 +85,7 @@ await withResources(
     await sleep(seconds * 1000);
     const cpu = cpuSeconds(pid) - cpu0;
     const wall = (Date.now() - t0) / 1000;
-    const rssDuring = rssKiB(pid);
+    const memDuring = memKiB(pid);
     const n = people.length;
 
     console.log(`\nthree-browser call, ${wall.toFixed(1)} s steady window, server pid ${pid}`);
@@ -87,8 +93,9 @@ await withResources(
     console.log(`|---|---|`);
     console.log(`| server CPU, whole call | ${((100 * cpu) / wall).toFixed(1)} % of one core |`);
     console.log(`| server CPU per participant | ${((100 * cpu) / wall / n).toFixed(2)} % of one core |`);
-    console.log(`| server RSS before joins / during call | ${(rssBefore / 1024).toFixed(1)} MiB / ${(rssDuring / 1024).toFixed(1)} MiB |`);
-    console.log(`| server memory per participant | ${((rssDuring - rssBefore) / n).toFixed(0)} KiB |`);
+    const mib = (k) => (k / 1024).toFixed(1);
+    console.log(`| server memory per participant (private) | ${((memDuring.anon - memBefore.anon) / n).toFixed(0)} KiB (${mib(memBefore.anon)} → ${mib(memDuring.anon)} MiB) |`);
+    console.log(`| server RSS growth per participant | ${((memDuring.rss - memBefore.rss) / n).toFixed(0)} KiB (${mib(memBefore.rss)} → ${mib(memDuring.rss)} MiB) |`);
     for (const t of timings) {
       console.log(`| ${t.who} (joining third): join pressed → admitted / first remote frame / frames from both others | ${t.admitted} / ${t.first} / ${t.all} ms |`);
     }

@@ -663,7 +663,7 @@ async fn baseline(env: &Env) -> anyhow::Result<(f64, f64)> {
         .await
         .received
         .iter()
-        .map(|f| f.recv_ns.saturating_sub(f.sent_ns) as f64 / 1e6)
+        .map(|f| f.arrived_ns.saturating_sub(f.sent_ns) as f64 / 1e6)
         .collect();
     delays.sort_by(|x, y| x.total_cmp(y));
     Ok((

@@ -12,13 +12,17 @@
 //! are not among the remote side's SDP candidates never reach str0m.
 
 use crate::stamp::{self, Kind, Stamp, AUDIO_EVERY, VIDEO_EVERY};
+use nix::sys::socket::{
+    recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, SockaddrStorage,
+};
 use sealroom_client::assets::{OpusLoop, Vp8Loop};
 use sealroom_client::media::candidates;
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{
@@ -26,6 +30,7 @@ use str0m::media::{
 };
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
@@ -68,7 +73,12 @@ pub struct Received {
     pub kind: Kind,
     pub seq: u32,
     pub sent_ns: u64,
+    /// When str0m handed the complete frame to the peer (the peer's own queueing included).
     pub recv_ns: u64,
+    /// When the datagram that completed the frame arrived at the peer's socket, by the
+    /// kernel's receive timestamp: the SFU's send, on loopback. Without the load process's
+    /// own queueing, which at high load is on the order of the SFU's.
+    pub arrived_ns: u64,
     /// RTP packets that made up the frame (str0m's sequence number range).
     pub packets: u32,
 }
@@ -152,6 +162,7 @@ impl PeerHandle {
             live: Arc::new(Mutex::new(Live::default())),
             datagrams: Arc::new(AtomicU64::new(0)),
             heard: HashSet::new(),
+            arrived: Instant::now(),
             cfg,
         };
         let candidate =
@@ -230,8 +241,41 @@ fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     let _ = s.set_recv_buffer_size(4 << 20);
     let _ = s.set_send_buffer_size(4 << 20);
     s.set_nonblocking(true)?;
+    setsockopt(&s, sockopt::ReceiveTimestampns, &true)?;
     s.bind(&addr.into())?;
     UdpSocket::from_std(s.into())
+}
+
+/// Reads one datagram with its kernel arrival time (`SO_TIMESTAMPNS`, wall clock), turned
+/// into an [`Instant`] by its age now. A datagram without a stamp counts as arriving now.
+fn recv_stamped(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+    cmsg: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr, Instant)> {
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let msg =
+        recvmsg::<SockaddrStorage>(socket.as_raw_fd(), &mut iov, Some(cmsg), MsgFlags::empty())?;
+    let (now, wall) = (Instant::now(), SystemTime::now());
+    let mut arrived = now;
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmTimestampns(ts) = c {
+            let at = UNIX_EPOCH + Duration::from(ts);
+            arrived = now - wall.duration_since(at).unwrap_or_default();
+        }
+    }
+    let source = msg
+        .address
+        .and_then(|a| {
+            a.as_sockaddr_in()
+                .map(|v4| SocketAddr::from(std::net::SocketAddrV4::from(*v4)))
+                .or_else(|| {
+                    a.as_sockaddr_in6()
+                        .map(|v6| SocketAddr::from(std::net::SocketAddrV6::from(*v6)))
+                })
+        })
+        .ok_or_else(|| std::io::Error::other("datagram without a source address"))?;
+    Ok((msg.bytes, source, arrived))
 }
 
 struct Task {
@@ -252,12 +296,15 @@ struct Task {
     live: Arc<Mutex<Live>>,
     datagrams: Arc<AtomicU64>,
     heard: HashSet<(u32, Kind)>,
+    /// Kernel arrival time of the last datagram read.
+    arrived: Instant,
     cfg: PeerConfig,
 }
 
 impl Task {
     async fn run(mut self, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
         let mut buf = vec![0u8; 65_536];
+        let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
         let mut next_audio = Instant::now();
         let mut next_video = next_audio;
         let why = loop {
@@ -273,8 +320,8 @@ impl Task {
                 wake = wake.min(next_video);
             }
             let r = tokio::select! {
-                r = self.socket.recv_from(&mut buf) => match r {
-                    Ok((n, source)) => self.receive(source, &buf[..n]),
+                r = self.socket.async_io(Interest::READABLE, || recv_stamped(&self.socket, &mut buf, &mut cmsg)) => match r {
+                    Ok((n, source, arrived)) => self.receive(source, &buf[..n], arrived),
                     // ICMP errors (port unreachable) surface here on Linux; not fatal.
                     Err(_) => Ok(()),
                 },
@@ -409,6 +456,8 @@ impl Task {
                     seq: s.seq,
                     sent_ns: s.sent_ns,
                     recv_ns: self.ns(now),
+                    // drain() runs after every datagram, so a frame completes on the last one.
+                    arrived_ns: self.ns(self.arrived.min(now)),
                     packets: u32::try_from(packets).unwrap_or(u32::MAX),
                 });
                 self.heard.insert((s.from, s.kind));
@@ -425,11 +474,12 @@ impl Task {
         }
     }
 
-    fn receive(&mut self, source: SocketAddr, data: &[u8]) -> Result<(), String> {
+    fn receive(&mut self, source: SocketAddr, data: &[u8], arrived: Instant) -> Result<(), String> {
         if !self.remote.contains(&source) {
             return Ok(());
         }
         self.datagrams.fetch_add(1, Ordering::Relaxed);
+        self.arrived = arrived;
         let Ok(contents) = data.try_into() else {
             return Ok(());
         };

@@ -40,9 +40,15 @@ pub struct Traffic {
     /// pair: the share of the frames a publisher sent on one stream (audio or video) in the
     /// window that one receiver did not get.
     pub stream_loss_p99: f64,
+    /// Delay from the publisher's `write` to the kernel's arrival stamp of the datagram that
+    /// completed the frame at the subscriber's socket (on loopback, the SFU's send).
     pub delay_p50_ms: f64,
     pub delay_p99_ms: f64,
     pub delay_max_ms: f64,
+    /// Delay to the frame complete in the subscriber's str0m: the above plus the load
+    /// process's own queueing and receive work.
+    pub frame_delay_p50_ms: f64,
+    pub frame_delay_p99_ms: f64,
     pub rss_idle_kib: u64,
     pub rss_kib: u64,
     /// Private anonymous memory (RssAnon) idle and loaded: what the SFU allocated.
@@ -118,6 +124,8 @@ impl Traffic {
             delay_p50_ms: 0.5,
             delay_p99_ms: 1.0,
             delay_max_ms: 2.0,
+            frame_delay_p50_ms: 0.6,
+            frame_delay_p99_ms: 1.2,
             rss_idle_kib: 10_000,
             rss_kib: 20_000,
             anon_idle_kib: 4_000,
@@ -186,6 +194,8 @@ pub fn traffic(
         delay_p50_ms: f64::NAN,
         delay_p99_ms: f64::NAN,
         delay_max_ms: f64::NAN,
+        frame_delay_p50_ms: f64::NAN,
+        frame_delay_p99_ms: f64::NAN,
         rss_idle_kib: sfu.0.rss_kib,
         rss_kib: sfu.2.rss_kib,
         anon_idle_kib: sfu.0.anon_kib,
@@ -198,6 +208,7 @@ pub fn traffic(
         keyframe_requests: 0,
     };
     let mut delays = Vec::new();
+    let mut frame_delays = Vec::new();
     let mut stream_losses = Vec::new();
     for (r, peers) in reports.iter().enumerate() {
         let r = r as u32;
@@ -212,7 +223,8 @@ pub fn traffic(
                 }
                 *got.entry((f.from, f.kind)).or_default() += 1;
                 t.media_packets += u64::from(f.packets);
-                delays.push(f.recv_ns.saturating_sub(f.sent_ns) as f64 / 1e6);
+                delays.push(f.arrived_ns.saturating_sub(f.sent_ns) as f64 / 1e6);
+                frame_delays.push(f.recv_ns.saturating_sub(f.sent_ns) as f64 / 1e6);
             }
         }
         for (&(from, kind), &expected) in &sent {
@@ -233,6 +245,9 @@ pub fn traffic(
     t.delay_p50_ms = quantile(&delays, 0.50);
     t.delay_p99_ms = quantile(&delays, 0.99);
     t.delay_max_ms = delays.last().copied().unwrap_or(f64::NAN);
+    frame_delays.sort_by(|a, b| a.total_cmp(b));
+    t.frame_delay_p50_ms = quantile(&frame_delays, 0.50);
+    t.frame_delay_p99_ms = quantile(&frame_delays, 0.99);
     t
 }
 
@@ -593,7 +608,7 @@ fn plain(v: f64) -> Option<(f64, String)> {
 }
 
 fn headline_rows(results: &[Outcome], direct: Option<(f64, f64)>) -> Vec<Row> {
-    let traffic_metrics: [Metric<Traffic>; 7] = [
+    let traffic_metrics: [Metric<Traffic>; 9] = [
         (
             "egress media pkt per SFU CPU-s",
             Better::Higher,
@@ -615,6 +630,18 @@ fn headline_rows(results: &[Outcome], direct: Option<(f64, f64)>) -> Vec<Row> {
         ("delay p99, ms", Better::Lower, 2, |t, _| {
             plain(t.delay_p99_ms)
         }),
+        (
+            "delay to the frame in the load peer p50, ms",
+            Better::Lower,
+            2,
+            |t, _| plain(t.frame_delay_p50_ms),
+        ),
+        (
+            "delay to the frame in the load peer p99, ms",
+            Better::Lower,
+            2,
+            |t, _| plain(t.frame_delay_p99_ms),
+        ),
         (
             "SFU memory per participant (private), KiB",
             Better::Lower,
@@ -907,9 +934,12 @@ pub fn markdown(ctx: &Context, results: &[Outcome]) -> String {
          one bundled connection per participant (open level, no MLS). Janus: VideoRoom, a \
          publisher connection and one multistream subscriber connection per participant, \
          `event_loops = {}`. CPU is utime+stime of the SFU process from /proc; egress media \
-         packets are the RTP packets of the frames the subscribers received; delay is \
-         publisher `write` to subscriber frame complete, both in the load process, so it \
-         includes both clients' str0m and the kernel path. Join time runs from opening \
+         packets are the RTP packets of the frames the subscribers received; delay runs from the \
+         publisher's `write` to the kernel's receive timestamp (`SO_TIMESTAMPNS`) of the \
+         datagram that completed the frame at the subscriber's socket, which on loopback is \
+         the SFU's send: it includes the publisher's str0m and the kernel path, not the load \
+         process's own queueing before it reads the datagram (that is in *delay to the frame \
+         in the load peer*, to the frame complete in the subscriber's str0m). Join time runs from opening \
          the signaling (sealroom: the WebSocket of a logged-in device; Janus: creating the API \
          session) to the first frame from anyone; one by one: each joins alone into the \
          meeting the previous ones made; storm: all N start at once; {} rounds pooled, each on \
@@ -1167,7 +1197,7 @@ fn capacity_details(results: &[Outcome], direct: Option<(f64, f64)>) -> String {
 }
 
 /// The columns of the CSV, in order.
-const CSV_COLUMNS: [&str; 38] = [
+const CSV_COLUMNS: [&str; 40] = [
     "scenario",
     "sfu",
     "n",
@@ -1204,6 +1234,8 @@ const CSV_COLUMNS: [&str; 38] = [
     "anon_idle_kib",
     "anon_kib",
     "rss_per_participant_kib",
+    "frame_delay_p50_ms",
+    "frame_delay_p99_ms",
     "note",
     "error",
 ];
@@ -1258,6 +1290,8 @@ impl CsvRow {
         self.set("delay_p50_ms", format!("{:.3}", t.delay_p50_ms));
         self.set("delay_p99_ms", format!("{:.3}", t.delay_p99_ms));
         self.set("delay_max_ms", format!("{:.3}", t.delay_max_ms));
+        self.set("frame_delay_p50_ms", format!("{:.3}", t.frame_delay_p50_ms));
+        self.set("frame_delay_p99_ms", format!("{:.3}", t.frame_delay_p99_ms));
         self.set("rss_idle_kib", t.rss_idle_kib);
         self.set("rss_kib", t.rss_kib);
         self.set(
@@ -1400,7 +1434,7 @@ mod tests {
             })
             .collect();
         // 0 receives everything 1 sent with 1 ms delay; 1 receives every other frame of 0's
-        // with 3 ms delay, one of them twice.
+        // with 3 ms delay, one of them twice. Each frame waits 2 ms more in the load peer.
         let from = |who: u32, seqs: &[u32], delay: u64| -> Vec<Received> {
             seqs.iter()
                 .map(|&s| Received {
@@ -1408,7 +1442,8 @@ mod tests {
                     kind: Kind::Audio,
                     seq: s,
                     sent_ns: u64::from(s) * ms,
-                    recv_ns: u64::from(s) * ms + delay * ms,
+                    recv_ns: u64::from(s) * ms + (delay + 2) * ms,
+                    arrived_ns: u64::from(s) * ms + delay * ms,
                     packets: 1,
                 })
                 .collect()
@@ -1459,8 +1494,10 @@ mod tests {
         // RSS 1000 → 3000 KiB, of which private 500 → 1500 KiB, for 2 participants.
         assert!((t.rss_per_participant_kib() - 1000.0).abs() < 1e-9);
         assert!((t.mem_per_participant_kib() - 500.0).abs() < 1e-9);
+        // The delay is to the socket; the load peer's own 2 ms are only in the frame delay.
         assert_eq!(t.delay_p50_ms, 1.0);
         assert_eq!(t.delay_max_ms, 3.0);
+        assert_eq!((t.frame_delay_p50_ms, t.frame_delay_p99_ms), (3.0, 5.0));
     }
 
     #[test]
