@@ -6,8 +6,9 @@
 // Prints: server CPU per participant (kernel accounting of the server process, utime+stime,
 // over a steady window), server memory per participant (private memory, the kernel's RssAnon,
 // with the call up minus before anyone joined, divided by participants; RSS growth beside it,
-// which also counts the binary's code pages the call touches first), and for each participant the time from pressing join
-// (navigating to the meeting page) to admission and to the first decoded remote frame.
+// which also counts the binary's code pages the call touches first), and for each participant
+// the time from pressing join (navigating to the meeting page) to admission and to the first
+// decoded remote frame.
 // Chromium needs about one core for three pages here, so run it on an otherwise idle machine.
 
 import fs from 'node:fs';

@@ -260,8 +260,9 @@ fn recv_stamped(
     let mut arrived = now;
     for c in msg.cmsgs()? {
         if let ControlMessageOwned::ScmTimestampns(ts) = c {
-            let at = UNIX_EPOCH + Duration::from(ts);
-            arrived = now - wall.duration_since(at).unwrap_or_default();
+            // A wall clock stepped since then gives a nonsense age: keep `now`.
+            let age = wall.duration_since(UNIX_EPOCH + Duration::from(ts));
+            arrived = age.ok().and_then(|a| now.checked_sub(a)).unwrap_or(now);
         }
     }
     let source = msg

@@ -215,12 +215,13 @@ impl Socket {
                 // Not even the answer to a ping: the connection is gone, whatever TCP thinks.
                 _ = tokio::time::sleep_until(heard + silence) => break None,
             };
+            // An end the server decided stands, whether or not the client can still be told.
+            if let Flow::Close(r) = flow {
+                break Some(r);
+            }
             // Gone, or it took nothing for a whole silence period: dropped.
             if ws.broken {
                 break None;
-            }
-            if let Flow::Close(r) = flow {
-                break Some(r);
             }
         };
         if let Some(reason) = close_reason {
