@@ -569,3 +569,40 @@ impl Task {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A datagram read 50 ms after it arrived is dated by the kernel's stamp, not by the read.
+    #[tokio::test]
+    async fn a_datagram_is_dated_by_its_arrival_not_by_its_read() {
+        let rx = bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        tx.send_to(b"stamp", rx.local_addr().expect("addr"))
+            .expect("send");
+        let sent = Instant::now();
+        std::thread::sleep(Duration::from_millis(50));
+        let (mut buf, mut cmsg) = ([0u8; 64], nix::cmsg_space!(nix::sys::time::TimeSpec));
+        let (n, source, arrived) = rx
+            .async_io(Interest::READABLE, || {
+                recv_stamped(&rx, &mut buf, &mut cmsg)
+            })
+            .await
+            .expect("read");
+        assert_eq!(&buf[..n], b"stamp");
+        assert_eq!(source, tx.local_addr().expect("addr"));
+        let read = Instant::now();
+        assert!(
+            read.duration_since(arrived) >= Duration::from_millis(45),
+            "dated {:?} before the read",
+            read.duration_since(arrived)
+        );
+        // Loopback delivers inside the send; allow for the clocks' granularity.
+        assert!(
+            arrived + Duration::from_millis(5) >= sent,
+            "dated {:?} before the send",
+            sent.duration_since(arrived)
+        );
+    }
+}
