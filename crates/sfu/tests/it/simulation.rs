@@ -242,3 +242,26 @@ fn due_timers_run_inside_the_core_instead_of_bouncing_to_the_caller() {
         "{due} of {returned} timeouts handed back to the caller were already due"
     );
 }
+
+/// A fixed workload for counting the SFU's instructions (README, Performance: "counted with
+/// callgrind"): 8 participants publishing audio and video for 12 s of virtual time on a
+/// lossless network. In virtual time every run does exactly the same work, so an instruction
+/// count of `Sfu::*` compares two builds where this machine's wall clock cannot. Ignored in the
+/// normal run (it is slow under a debug build); it still checks that every pair receives media.
+#[test]
+#[ignore = "a profiling workload: cargo test --release -p sealroom-sfu --test it -- --ignored"]
+fn workload_eight_party_call_for_instruction_counts() {
+    let n = 8;
+    let mut w = World::new(seed("workload"));
+    for _ in 0..n {
+        w.join(AV);
+    }
+    w.run_for(Duration::from_secs(12));
+    for r in 0..n {
+        for p in (0..n).filter(|&p| p != r) {
+            let v = w.client(r).video_frames_from(w.id(p));
+            assert!(v > 200, "client {r} got {v} video frames from {p}");
+        }
+    }
+    println!("counters {:?}", w.sfu.counters());
+}
