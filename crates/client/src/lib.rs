@@ -373,8 +373,9 @@ impl Client {
             );
         }
         let connector = self.tls.clone().map(tokio_tungstenite::Connector::Rustls);
+        // `true`: TCP_NODELAY (no Nagle delay behind an unacknowledged message), as browsers do.
         let (stream, _) =
-            tokio_tungstenite::connect_async_tls_with_config(req, None, false, connector)
+            tokio_tungstenite::connect_async_tls_with_config(req, None, true, connector)
                 .await
                 .map_err(|e| Error::Transport(e.to_string()))?;
         let mut s = Signaling {

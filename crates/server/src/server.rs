@@ -151,13 +151,21 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let handle = axum_server::Handle::new();
     let service =
         crate::http::router(app.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    // TCP_NODELAY on every connection: signaling is small messages, often two in a row (a
+    // roster change, then the media answer). With Nagle's algorithm the second waits for the
+    // ACK of the first, which the peer delays by up to 40 ms: that was most of a join.
+    let nodelay = axum_server::accept::NoDelayAcceptor::new();
     let task = match rustls {
         None => {
-            let server = axum_server::from_tcp(std_listener).handle(handle.clone());
+            let server = axum_server::from_tcp(std_listener)
+                .acceptor(nodelay)
+                .handle(handle.clone());
             tokio::spawn(async move { server.serve(service).await })
         }
         Some(r) => {
-            let server = axum_server::from_tcp_rustls(std_listener, r).handle(handle.clone());
+            let server = axum_server::from_tcp_rustls(std_listener, r)
+                .map(|tls| tls.acceptor(nodelay))
+                .handle(handle.clone());
             tokio::spawn(async move { server.serve(service).await })
         }
     };

@@ -501,7 +501,7 @@ async fn a_silent_connection_is_dropped_and_one_that_answers_pings_stays() {
 #[tokio::test]
 async fn a_client_that_stops_reading_is_dropped_even_while_a_reply_to_it_waits() {
     use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    use tokio_tungstenite::tungstenite::Message;
     let s = server_with(|c| {
         c.session.ping_secs = 1;
         c.session.silence_secs = 3;
@@ -521,16 +521,7 @@ async fn a_client_that_stops_reading_is_dropped_even_while_a_reply_to_it_waits()
     tcp.connect(&addr.into()).expect("connect");
     tcp.set_nonblocking(true).expect("nonblocking");
     let tcp = tokio::net::TcpStream::from_std(tcp.into()).expect("tokio tcp");
-    let mut req = (s.origin().replacen("http", "ws", 1) + "/api/ws")
-        .into_client_request()
-        .expect("req");
-    let headers = req.headers_mut();
-    headers.insert("Origin", s.origin().parse().expect("h"));
-    let cookie = format!("__Host-sealroom={}", bob.cookie.as_deref().expect("cookie"));
-    headers.insert("Cookie", cookie.parse().expect("h"));
-    let (ws, _) = tokio_tungstenite::client_async(req, tcp)
-        .await
-        .expect("upgrade");
+    let ws = signaling_over(&s, bob.cookie.as_deref().expect("cookie"), tcp).await;
     let (mut tx, mut rx) = ws.split();
     let join = serde_json::to_string(&ClientMsg::Join { meeting_id: id }).expect("json");
     tx.send(Message::text(join)).await.expect("join");
@@ -582,6 +573,73 @@ async fn a_client_that_stops_reading_is_dropped_even_while_a_reply_to_it_waits()
     );
     flood.abort();
     drop(rx);
+}
+
+/// A signaling socket with the session `cookie`, over a TCP connection the test set up itself.
+async fn signaling_over(
+    s: &TestServer,
+    cookie: &str,
+    tcp: tokio::net::TcpStream,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = (s.origin().replacen("http", "ws", 1) + "/api/ws")
+        .into_client_request()
+        .expect("req");
+    let headers = req.headers_mut();
+    headers.insert("Origin", s.origin().parse().expect("h"));
+    let cookie = format!("__Host-sealroom={cookie}");
+    headers.insert("Cookie", cookie.parse().expect("h"));
+    let (ws, _) = tokio_tungstenite::client_async(req, tcp)
+        .await
+        .expect("upgrade");
+    ws
+}
+
+/// Signaling is small messages, often two in a row (a roster change, then the media answer).
+/// With Nagle's algorithm on the server's socket the second waits for the ACK of the first,
+/// which the client delays by 40 ms or more: most of a join's time before `TCP_NODELAY`. The
+/// client here sets `TCP_NODELAY` itself, so only the server's setting is under test: two
+/// malformed messages in one segment get two error replies, and the second must not wait for
+/// an ACK. (A median over ten pairs: one slow pair on a busy machine does not decide it, and
+/// with Nagle on every pair waits at least 40 ms.)
+#[tokio::test]
+async fn two_replies_in_a_row_are_not_held_back_for_an_ack() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let s = server().await;
+    let Hosted { bob, b, .. } = s.hana_hosts_bob(false).await;
+    drop(b);
+    let tcp = tokio::net::TcpStream::connect(s.running.addr)
+        .await
+        .expect("connect");
+    tcp.set_nodelay(true).expect("nodelay");
+    let mut ws = signaling_over(&s, bob.cookie.as_deref().expect("cookie"), tcp).await;
+    let next_error = async |ws: &mut tokio_tungstenite::WebSocketStream<_>| loop {
+        let m = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a reply in time");
+        if let Some(Ok(Message::Text(t))) = m {
+            if let Ok(ServerMsg::Error { .. }) = serde_json::from_str(t.as_str()) {
+                return;
+            }
+        }
+    };
+    let mut pairs = Vec::new();
+    for _ in 0..10 {
+        // Both frames in one write, so the server reads them together and answers twice.
+        ws.feed(Message::text("x")).await.expect("feed");
+        ws.feed(Message::text("y")).await.expect("feed");
+        let sent = Instant::now();
+        ws.flush().await.expect("send");
+        next_error(&mut ws).await;
+        next_error(&mut ws).await;
+        pairs.push(sent.elapsed());
+    }
+    pairs.sort();
+    assert!(
+        pairs[pairs.len() / 2] < Duration::from_millis(20),
+        "the second reply waited for an ACK: {pairs:?}"
+    );
 }
 
 #[tokio::test]
