@@ -64,9 +64,10 @@ impl<T: private::WordSized> ReportList<T> {
     pub(crate) fn append_all_possible(&mut self, other: &mut Self, mut words_left: usize) -> usize {
         // Position where we start inserting in self.
         let pos = self.len();
+        let other_len = other.len();
 
         // Max number we can move.
-        let max = (31 - pos).min(other.len());
+        let max = (31 - pos).min(other_len);
 
         // after this loop ends, i will hold the number of items moved.
         let mut i = 0;
@@ -94,8 +95,12 @@ impl<T: private::WordSized> ReportList<T> {
         }
 
         // shift down remaining in other
-        for j in i..31 {
-            other.0[j - i] = other.0[j].take();
+        // sealroom: only the occupied slots, and nothing when nothing moved (upstream moved
+        // all 31 slots on every call, which made this a top memcpy caller in an SFU).
+        if i > 0 {
+            for j in i..other_len {
+                other.0[j - i] = other.0[j].take();
+            }
         }
 
         // return number of appended items.
@@ -248,5 +253,63 @@ mod test {
         let sum: u64 = list.into_iter().sum();
 
         assert_eq!(sum, 496);
+    }
+
+    // sealroom: append_all_possible shifts only the occupied slots (PATCHES.md).
+    #[derive(Debug, PartialEq)]
+    struct Words(u32, usize);
+
+    impl super::private::WordSized for Words {
+        fn word_size(&self) -> usize {
+            self.1
+        }
+    }
+
+    fn list(items: impl IntoIterator<Item = (u32, usize)>) -> ReportList<Words> {
+        let mut l = ReportList::new();
+        for (v, w) in items {
+            l.push(Words(v, w));
+        }
+        l
+    }
+
+    fn values(l: &ReportList<Words>) -> Vec<u32> {
+        l.iter().map(|w| w.0).collect()
+    }
+
+    #[test]
+    fn append_moves_what_fits_and_keeps_the_rest_in_order() {
+        let mut a = list([(1, 2)]);
+        let mut b = list([(10, 2), (11, 2), (12, 2), (13, 2)]);
+        // Room for two of b's items.
+        assert_eq!(a.append_all_possible(&mut b, 5), 2);
+        assert_eq!(values(&a), [1, 10, 11]);
+        assert_eq!(values(&b), [12, 13]);
+        assert_eq!(b.len(), 2);
+        assert!(b.get(2).is_none() && b.get(3).is_none());
+    }
+
+    #[test]
+    fn append_with_no_room_leaves_both_lists_as_they_were() {
+        let mut a = list([(1, 2)]);
+        let mut b = list([(10, 3), (11, 1)]);
+        assert_eq!(a.append_all_possible(&mut b, 2), 0);
+        assert_eq!(values(&a), [1]);
+        assert_eq!(values(&b), [10, 11]);
+    }
+
+    #[test]
+    fn append_fills_a_list_to_31_and_leaves_the_overflow() {
+        let mut a = list((0..30).map(|v| (v, 1)));
+        let mut b = list((100..105).map(|v| (v, 1)));
+        assert_eq!(a.append_all_possible(&mut b, 100), 1);
+        assert!(a.is_full());
+        assert_eq!(values(&b), [101, 102, 103, 104]);
+
+        let mut c = list((0..31).map(|v| (v, 1)));
+        let mut d = ReportList::new();
+        assert_eq!(d.append_all_possible(&mut c, 100), 31);
+        assert!(c.is_empty());
+        assert_eq!(values(&d), (0..31).collect::<Vec<_>>());
     }
 }
