@@ -1347,7 +1347,7 @@ impl Session {
             || self.app.is_some_and(|(app_mid, _)| app_mid == mid)
     }
 
-    fn regular_feedback_at(&self) -> Option<Instant> {
+    fn regular_feedback_at(&mut self) -> Option<Instant> {
         self.streams.regular_feedback_at(self.intervals)
     }
 

@@ -385,6 +385,9 @@ impl<'a> DirectApi<'a> {
     ) -> Option<&mut StreamTx> {
         let midrid = MidRid(mid, rid);
 
+        // sealroom: a reset SSRC resets the stream's last sender report (PATCHES.md).
+        self.rtc.session.streams.forget_feedback_at();
+
         // Find the stream by mid/rid
         let stream = self.rtc.session.streams.stream_tx_by_midrid(midrid)?;
 

@@ -156,6 +156,12 @@ pub(crate) struct Streams {
     /// hard cap when selecting RTX cache entries for spurious padding.
     mtu_warn: usize,
     pause_threshold: Duration,
+
+    /// sealroom: the soonest regular RR/SR time (`regular_feedback_at`), kept until something
+    /// it depends on changes (PATCHES.md). It depends on the set of streams, each stream's
+    /// last report time, a send stream's kind and a receive stream's RTX; those change only
+    /// where `forget_feedback_at` is called.
+    feedback_at: Option<(Duration, Duration, Option<Instant>)>,
 }
 
 /// Delay between cleaning up the RxLookup.
@@ -185,6 +191,7 @@ impl Streams {
             enable_stats,
             mtu_warn,
             pause_threshold,
+            feedback_at: None,
         }
     }
 
@@ -306,6 +313,8 @@ impl Streams {
         midrid: MidRid,
         suppress_nack: bool,
     ) -> &mut StreamRx {
+        // A new stream, or a new RTX (a receive stream's report interval follows it).
+        self.forget_feedback_at();
         let stream = self
             .streams_rx
             .entry(ssrc)
@@ -319,6 +328,7 @@ impl Streams {
     }
 
     pub fn remove_stream_rx(&mut self, ssrc: Ssrc) -> bool {
+        self.forget_feedback_at();
         let stream = self.streams_rx.remove(&ssrc);
         let existed = stream.is_some();
 
@@ -333,12 +343,14 @@ impl Streams {
         rtx: Option<Ssrc>,
         midrid: MidRid,
     ) -> &mut StreamTx {
+        self.forget_feedback_at();
         self.streams_tx
             .entry(ssrc)
             .or_insert_with(|| StreamTx::new(ssrc, rtx, midrid, self.enable_stats, self.mtu_warn))
     }
 
     pub fn remove_stream_tx(&mut self, ssrc: Ssrc) -> bool {
+        self.forget_feedback_at();
         self.streams_tx.remove(&ssrc).is_some()
     }
 
@@ -396,7 +408,20 @@ impl Streams {
         None
     }
 
-    pub(crate) fn regular_feedback_at(&self, i: RtcpReportIntervals) -> Option<Instant> {
+    pub(crate) fn regular_feedback_at(&mut self, i: RtcpReportIntervals) -> Option<Instant> {
+        if let Some((audio, video, at)) = self.feedback_at {
+            if (audio, video) == (i.audio, i.video) {
+                // Every test in a debug build checks the cache against a fresh walk.
+                debug_assert_eq!(at, self.feedback_at_uncached(i), "stale feedback_at");
+                return at;
+            }
+        }
+        let at = self.feedback_at_uncached(i);
+        self.feedback_at = Some((i.audio, i.video, at));
+        at
+    }
+
+    fn feedback_at_uncached(&self, i: RtcpReportIntervals) -> Option<Instant> {
         let r = self
             .streams_rx
             .values()
@@ -404,6 +429,11 @@ impl Streams {
             .map(|s| s.receiver_report_at(i));
         let s = self.streams_tx.values().map(|s| s.sender_report_at(i));
         r.chain(s).min()
+    }
+
+    /// sealroom: something `regular_feedback_at` depends on may have changed (PATCHES.md).
+    pub(crate) fn forget_feedback_at(&mut self) {
+        self.feedback_at = None;
     }
 
     pub(crate) fn paused_at(&self) -> Option<Instant> {
@@ -443,6 +473,10 @@ impl Streams {
                 self.mids_to_report.push(stream.mid());
             }
         }
+        // sealroom: receiver reports are created below, so their next times move.
+        if !self.mids_to_report.is_empty() {
+            self.forget_feedback_at();
+        }
 
         for stream in self.streams_rx.values_mut() {
             stream.maybe_create_keyframe_request(sender_ssrc, feedback);
@@ -461,10 +495,17 @@ impl Streams {
         }
 
         self.mids_to_report.clear(); // start over for StreamTx.
+        let mut kind_unknown = false;
         for stream in self.streams_tx.values() {
             if stream.need_sr(now, intervals) {
                 self.mids_to_report.push(stream.mid());
             }
+            kind_unknown |= !stream.kind_known();
+        }
+        // sealroom: sender reports are created below, or a send stream learns its kind (its
+        // first timeout), which starts its reports.
+        if !self.mids_to_report.is_empty() || kind_unknown {
+            self.forget_feedback_at();
         }
 
         for stream in self.streams_tx.values_mut() {
@@ -680,6 +721,7 @@ impl Streams {
     }
 
     pub(crate) fn remove_streams_by_mid(&mut self, mid: Mid) {
+        self.forget_feedback_at();
         self.streams_tx.retain(|_, s| s.mid() != mid);
         self.streams_rx.retain(|_, s| s.mid() != mid);
         self.rx_lookup.retain(|_, v| v.mid != mid);
@@ -712,6 +754,8 @@ impl Streams {
     }
 
     pub(crate) fn change_stream_rx_ssrc(&mut self, ssrc_from: Ssrc, ssrc_to: Ssrc) -> bool {
+        // A changed SSRC resets the stream's last receiver report.
+        self.forget_feedback_at();
         // This unwrap is OK, because we can't call change_stream_rx_ssrc without first
         // knowing there is such a StreamRx.
         let maybe_change = self.streams_rx.get_mut(&ssrc_from).unwrap();
@@ -737,6 +781,7 @@ impl Streams {
     }
 
     fn change_stream_rx_rtx(&mut self, rtx_from: Ssrc, rtx_to: Ssrc) {
+        self.forget_feedback_at();
         // Remove the SSRC mapping
         self.rx_lookup.remove(&rtx_from);
 
@@ -780,5 +825,97 @@ impl fmt::Debug for RtpPacket {
             .field("nackable", &self.nackable)
             .field("timestamp", &self.timestamp)
             .finish()
+    }
+}
+
+// sealroom: the tests of the cached report time (PATCHES.md).
+#[cfg(test)]
+mod feedback_at_tests {
+    use super::*;
+
+    const I: RtcpReportIntervals = RtcpReportIntervals {
+        audio: Duration::from_millis(5000),
+        video: Duration::from_millis(1000),
+    };
+
+    /// The cached value, checked against a fresh walk over the streams after every change
+    /// that moves it (and, in debug builds, on every call).
+    fn at(s: &mut Streams) -> Option<Instant> {
+        let cached = s.regular_feedback_at(I);
+        assert_eq!(cached, s.feedback_at_uncached(I));
+        cached
+    }
+
+    fn timeout(s: &mut Streams, now: Instant, medias: &[Media], codecs: &CodecConfig) {
+        let config = StreamTimeoutConfig {
+            codecs,
+            intervals: I,
+        };
+        let mut feedback = VecDeque::new();
+        s.handle_timeout(now, 1.into(), false, medias, config, &mut feedback);
+    }
+
+    #[test]
+    fn the_cached_report_time_follows_every_change() {
+        let start = Instant::now();
+        let codecs = CodecConfig::new_with_defaults();
+        let mid = Mid::from("v");
+        let medias = [Media::from_app_tmp(mid, 0)];
+        let mut s = Streams::new(false, 1200, Duration::from_millis(1500));
+
+        assert_eq!(at(&mut s), None, "no streams, no reports");
+
+        s.declare_stream_tx(10.into(), None, MidRid(mid, None));
+        let before_kind = at(&mut s);
+        assert!(
+            before_kind > Some(start + Duration::from_secs(3600)),
+            "a send stream reports only once its kind is known"
+        );
+
+        // A receive stream that never reported is due at once.
+        s.expect_stream_rx(20.into(), None, MidRid(mid, None), false);
+        let rr_due = at(&mut s);
+        assert!(rr_due < Some(start), "{rr_due:?}");
+
+        // The first timeout sends the receiver report and teaches the send stream its kind:
+        // its (never sent) sender report is now the soonest.
+        timeout(&mut s, start, &medias, &codecs);
+        let sr_due = at(&mut s);
+        assert!(sr_due < Some(start), "the sender report is due: {sr_due:?}");
+        assert_ne!(sr_due, rr_due);
+
+        // The next one sends it. A receive stream without RTX counts as audio (5 s), the
+        // video send stream reports every second: next the sender report.
+        let later = start + Duration::from_millis(10);
+        timeout(&mut s, later, &medias, &codecs);
+        assert_eq!(at(&mut s), Some(later + I.video));
+
+        // An RTX makes the receive stream video: its report, sent at `start`, is next.
+        s.expect_stream_rx(20.into(), Some(21.into()), MidRid(mid, None), false);
+        assert_eq!(at(&mut s), Some(start + I.video));
+        // A new send stream (kind unknown) changes nothing; without the receive stream the
+        // sender report is next again.
+        s.declare_stream_tx(11.into(), None, MidRid(mid, Some("h".into())));
+        assert_eq!(at(&mut s), Some(start + I.video));
+        s.remove_stream_rx(20.into());
+        assert_eq!(at(&mut s), Some(later + I.video));
+
+        // A receive stream that changes SSRC starts reporting afresh: due at once.
+        // (Two timeouts: the first teaches the second send stream its kind, the next sends
+        // its first sender report, with its mid's other one.)
+        s.expect_stream_rx(30.into(), None, MidRid(mid, None), false);
+        timeout(&mut s, later, &medias, &codecs);
+        let last = later + Duration::from_millis(10);
+        timeout(&mut s, last, &medias, &codecs);
+        assert_eq!(at(&mut s), Some(last + I.video));
+        assert!(s.change_stream_rx_ssrc(30.into(), 31.into()));
+        assert!(at(&mut s) < Some(start));
+        // A timeout that sends only that receiver report: the sender reports are next.
+        timeout(&mut s, last + Duration::from_millis(10), &medias, &codecs);
+        assert_eq!(at(&mut s), Some(last + I.video));
+
+        // Removing every stream of the mid leaves nothing to report.
+        s.remove_streams_by_mid(mid);
+        assert_eq!(at(&mut s), None);
     }
 }

@@ -999,6 +999,11 @@ impl StreamTx {
         self.kind.is_some_and(|kind| kind.is_audio())
     }
 
+    /// sealroom: whether the first timeout has set the kind (and so started sender reports).
+    pub(crate) fn kind_known(&self) -> bool {
+        self.kind.is_some()
+    }
+
     pub(crate) fn sender_report_at(&self, intervals: RtcpReportIntervals) -> Instant {
         if self.kind.is_none() {
             // First handle_timeout sets the kind. No sender report until then.
