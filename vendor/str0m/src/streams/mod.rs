@@ -911,8 +911,17 @@ mod feedback_at_tests {
         assert!(s.change_stream_rx_ssrc(30.into(), 31.into()));
         assert!(at(&mut s) < Some(start));
         // A timeout that sends only that receiver report: the sender reports are next.
-        timeout(&mut s, last + Duration::from_millis(10), &medias, &codecs);
+        let rr_sent = last + Duration::from_millis(10);
+        timeout(&mut s, rr_sent, &medias, &codecs);
         assert_eq!(at(&mut s), Some(last + I.video));
+
+        // Without the send streams, the receive stream's next report (audio: no RTX).
+        s.declare_stream_tx(12.into(), None, MidRid(mid, Some("l".into())));
+        assert!(s.remove_stream_tx(10.into()));
+        assert_eq!(at(&mut s), Some(last + I.video));
+        assert!(s.remove_stream_tx(11.into()));
+        assert!(s.remove_stream_tx(12.into()));
+        assert_eq!(at(&mut s), Some(rr_sent + I.audio));
 
         // Removing every stream of the mid leaves nothing to report.
         s.remove_streams_by_mid(mid);
