@@ -16,7 +16,7 @@ use nix::sys::socket::{
     recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, SockaddrStorage,
 };
 use sealroom_client::assets::{OpusLoop, Vp8Loop};
-use sealroom_client::media::candidates;
+use sealroom_client::media::{candidates, poll_rtc};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd as _;
@@ -423,8 +423,9 @@ impl Task {
 
     /// Drain str0m's output; when to wake it next.
     fn drain(&mut self) -> Result<Instant, String> {
+        let mut rounds = 0;
         loop {
-            match self.rtc.poll_output() {
+            match poll_rtc(&mut self.rtc, &mut rounds) {
                 Ok(Output::Timeout(t)) => return Ok(t),
                 Ok(Output::Transmit(t)) => {
                     if self.socket.try_send_to(&t.contents, t.destination).is_err() {

@@ -16,7 +16,8 @@
 //! signaling labels the transceiver. The per-transceiver counts in [`MediaStats::tracks`] are
 //! the transport's view (ciphertext, labelled by the SFU).
 //!
-//! The loop is str0m's: drain `poll_output` until it returns a timeout, then wait for the
+//! The loop is str0m's: drain `poll_output` until it returns a timeout that is not due yet
+//! (due ones run in place, [`poll_rtc`]), then wait for the
 //! first of a datagram, a signaling message, a command, that timeout or the next media frame,
 //! and feed it in with `Instant::now()`. Datagrams from any address other than the SFU's
 //! candidates in its answer never reach str0m.
@@ -50,6 +51,34 @@ const AUDIO_EVERY: Duration = Duration::from_millis(20);
 const VIDEO_EVERY: Duration = Duration::from_millis(33);
 /// Simulcast layers sent when [`MediaOptions::simulcast`] is set (all carry the same stream).
 const SIMULCAST_RIDS: [&str; 3] = ["l", "m", "h"];
+
+/// Due timer passes [`poll_rtc`] runs in place per drain before it hands a due timeout back.
+const INLINE_TIMER_ROUNDS: u32 = 64;
+
+/// [`Rtc::poll_output`], with timers that are already due run in place instead of returned.
+///
+/// str0m releases queued media one timer pass at a time: its pacer asks for an immediate
+/// timeout after each packet it lets go, and with no pacer it still sends one simulcast
+/// layer per pass. A round trip through tokio's timer (1 ms resolution) for each pass spaced
+/// the layers of one frame, and the packets of a paced frame, about 1 ms apart: the last
+/// layer of every frame left 2 ms late. `rounds` counts the passes of one drain (start it at
+/// 0); after [`INLINE_TIMER_ROUNDS`] a due timeout is returned, so a session that is always
+/// due cannot starve the socket and the caller's other inputs.
+pub fn poll_rtc(rtc: &mut Rtc, rounds: &mut u32) -> std::result::Result<Output, str0m::RtcError> {
+    loop {
+        match rtc.poll_output()? {
+            Output::Timeout(t) => {
+                let now = Instant::now();
+                if t > now || *rounds >= INLINE_TIMER_ROUNDS {
+                    return Ok(Output::Timeout(t));
+                }
+                *rounds += 1;
+                rtc.handle_input(Input::Timeout(now))?;
+            }
+            other => return Ok(other),
+        }
+    }
+}
 
 /// What to publish and where to bind.
 #[derive(Debug, Clone)]
@@ -660,8 +689,9 @@ impl Task {
 
     /// Drain str0m's output; returns when to wake it next.
     fn drain(&mut self) -> Result<Instant, String> {
+        let mut rounds = 0;
         loop {
-            match self.rtc.poll_output() {
+            match poll_rtc(&mut self.rtc, &mut rounds) {
                 Ok(Output::Timeout(t)) => return Ok(t),
                 Ok(Output::Transmit(t)) => {
                     // A full socket buffer drops the datagram, as the network would.
@@ -995,5 +1025,139 @@ mod tests {
             candidates(sdp),
             vec!["127.0.0.1:40000".parse().expect("addr")]
         );
+    }
+
+    /// One side of an in-memory call: a session and the address it is known by (a label;
+    /// datagrams go from one session to the other in memory, never over a socket).
+    struct Side {
+        rtc: Rtc,
+        addr: SocketAddr,
+        connected: bool,
+    }
+
+    fn side(port: u16, bwe: bool) -> Side {
+        let mut b = Rtc::builder()
+            .set_crypto_provider(Arc::new(str0m::crypto::from_feature_flags()))
+            .clear_codecs()
+            .enable_vp8(true);
+        if bwe {
+            b = b.enable_bwe(Some(str0m::bwe::Bitrate::kbps(1_500)));
+        }
+        let mut rtc = b.build(Instant::now());
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        rtc.add_local_candidate(Candidate::host(addr, "udp").expect("candidate"));
+        Side {
+            rtc,
+            addr,
+            connected: false,
+        }
+    }
+
+    /// Drains `from` with [`poll_rtc`] into `to`; returns the RTP datagrams among them (SRTP
+    /// packets after the handshake: first byte 128-191, second not an RTCP type) and when
+    /// `from` wants to be woken.
+    fn pass(from: &mut Side, to: &mut Side) -> (usize, Instant) {
+        let (mut rounds, mut rtp) = (0, 0);
+        loop {
+            match poll_rtc(&mut from.rtc, &mut rounds).expect("poll") {
+                Output::Timeout(t) => return (rtp, t),
+                Output::Event(Event::Connected) => from.connected = true,
+                Output::Event(_) => {}
+                Output::Transmit(t) => {
+                    let d = &t.contents[..];
+                    if d.len() > 1 && (128..192).contains(&d[0]) && !(192..=223).contains(&d[1]) {
+                        rtp += 1;
+                    }
+                    let input = Input::Receive(
+                        Instant::now(),
+                        Receive {
+                            proto: Protocol::Udp,
+                            source: from.addr,
+                            destination: to.addr,
+                            contents: d.try_into().expect("a datagram"),
+                        },
+                    );
+                    to.rtc.handle_input(input).expect("receive");
+                }
+            }
+        }
+    }
+
+    /// Waits until `wake`, then gives every side its timeout, as the task's loop does.
+    fn tick(sides: &mut [&mut Side], wake: Instant) {
+        std::thread::sleep(wake.saturating_duration_since(Instant::now()));
+        for s in sides {
+            s.rtc
+                .handle_input(Input::Timeout(Instant::now()))
+                .expect("timeout");
+        }
+    }
+
+    /// `a` sends simulcast video to `b`; both connected.
+    fn simulcast_call(bwe: bool) -> (Side, Side, Mid) {
+        let (mut a, mut b) = (side(41_000, bwe), side(41_001, false));
+        let mut api = a.rtc.sdp_api();
+        let mut sim = Simulcast::new();
+        for rid in SIMULCAST_RIDS {
+            sim.add_send_layer(SimulcastLayer::new(rid));
+        }
+        let mid = api.add_media(MediaKind::Video, Direction::SendOnly, None, None, Some(sim));
+        let (offer, pending) = api.apply().expect("an offer");
+        let answer = b.rtc.sdp_api().accept_offer(offer).expect("answer");
+        a.rtc
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .expect("accepted");
+        let give_up = Instant::now() + Duration::from_secs(10);
+        while !(a.connected && b.connected) {
+            assert!(
+                Instant::now() < give_up,
+                "the in-memory call did not connect"
+            );
+            let (_, ta) = pass(&mut a, &mut b);
+            let (_, tb) = pass(&mut b, &mut a);
+            let wake = ta.min(tb).min(Instant::now() + Duration::from_millis(5));
+            tick(&mut [&mut a, &mut b], wake);
+        }
+        // Let the first RTCP and BWE timers settle, as a call would have before a frame.
+        let settle = Instant::now() + Duration::from_millis(200);
+        while Instant::now() < settle {
+            let (_, ta) = pass(&mut a, &mut b);
+            pass(&mut b, &mut a);
+            let wake = ta.min(Instant::now() + Duration::from_millis(5));
+            tick(&mut [&mut a, &mut b], wake);
+        }
+        (a, b, mid)
+    }
+
+    /// A frame written on three simulcast layers leaves in the drain that follows the write,
+    /// with and without a pacer. Before `poll_rtc` ran due timers in place, str0m let one
+    /// layer go per timer pass, and every pass waited for tokio's next 1 ms tick.
+    #[test]
+    fn every_layer_of_a_frame_leaves_in_one_drain() {
+        for bwe in [false, true] {
+            let (mut a, mut b, mid) = simulcast_call(bwe);
+            let pt = a
+                .rtc
+                .writer(mid)
+                .expect("writer")
+                .payload_params()
+                .find(|p| p.spec().codec == Codec::Vp8)
+                .expect("VP8")
+                .pt();
+            let frame = Vp8Loop::camera().next_frame().1;
+            for rid in SIMULCAST_RIDS {
+                let w = a.rtc.writer(mid).expect("writer").rid(rid.into());
+                let t = MediaTime::new(90_000, Frequency::NINETY_KHZ);
+                w.write(pt, Instant::now(), t, frame.to_vec())
+                    .expect("written");
+            }
+            let (sent, _) = pass(&mut a, &mut b);
+            assert!(
+                sent >= SIMULCAST_RIDS.len(),
+                "with bwe {bwe}: {sent} of the frame's {} layers left in one drain",
+                SIMULCAST_RIDS.len()
+            );
+        }
     }
 }
