@@ -166,6 +166,8 @@ pub struct DepacketizingBuffer {
     segments_offset: usize,
     #[cfg(test)]
     segment_rebuilds: usize,
+    #[cfg(test)]
+    frame_passes: usize,
     last_processed: Option<LastProcessed>,
     max_time: Option<MediaTime>,
     depack_cache: Option<(Range<usize>, Depacketized)>,
@@ -201,6 +203,8 @@ impl DepacketizingBuffer {
             segments_offset: 0,
             #[cfg(test)]
             segment_rebuilds: 0,
+            #[cfg(test)]
+            frame_passes: 0,
             last_processed: None,
             max_time: None,
             depack_cache: None,
@@ -317,6 +321,14 @@ impl DepacketizingBuffer {
         now: Instant,
         reordering_timeout: Option<Duration>,
     ) -> Option<Result<Depacketized, PacketError>> {
+        // sealroom: a receiver polls every buffer of every media on each poll (an SFU
+        // subscriber's client has two per remote participant), and most of them are empty.
+        // On an empty queue a frame pass only brings the segments up to date and returns
+        // nothing (no frame, nothing to expire, no padding to drop), so do only that.
+        if self.queue.is_empty() {
+            self.update_segments();
+            return None;
+        }
         loop {
             let queued = self.queue.len();
             let result = self.pop_frame(now, reordering_timeout);
@@ -334,6 +346,10 @@ impl DepacketizingBuffer {
         now: Instant,
         reordering_timeout: Option<Duration>,
     ) -> Option<Result<Depacketized, PacketError>> {
+        #[cfg(test)]
+        {
+            self.frame_passes += 1;
+        }
         self.update_segments();
 
         if self.wait_for_recovery || reordering_timeout.is_some() {
@@ -796,6 +812,53 @@ mod test {
             time: MediaTime::from_90khz(seq),
             last_sender_info: None,
             header: RtpHeader::default(),
+        }
+    }
+
+    /// sealroom: popping an empty buffer runs no frame pass and changes nothing, in every
+    /// mode (count-only, reordering timeout, waiting for recovery), and frames that come
+    /// later still pop.
+    #[test]
+    fn an_empty_buffer_pops_nothing_without_a_frame_pass() {
+        let frame = |seq: u64| {
+            let mut meta = bounded_queue_meta(seq);
+            meta.header.marker = true;
+            meta
+        };
+        for hold_back in [0, 3] {
+            for timeout in [None, Some(Duration::from_millis(30))] {
+                for recovery in [false, true] {
+                    let mut buf = DepacketizingBuffer::new(
+                        CodecDepacketizer::Vp8(Default::default()),
+                        hold_back,
+                    );
+                    if recovery {
+                        buf.set_recovery_deadline(None);
+                    }
+                    let now = Instant::now();
+                    assert!(buf.pop(now, timeout).is_none());
+                    assert_eq!(buf.frame_passes, 0, "a pass over a new, empty buffer");
+
+                    buf.push(frame(10), [0x10, 0]);
+                    let got = buf.pop(now, timeout).expect("a frame").expect("valid");
+                    assert_eq!(*got.seq_range().start(), 10.into());
+                    assert!(buf.queue.is_empty());
+                    let state = format!("{buf:?}");
+                    let passes = buf.frame_passes;
+                    for _ in 0..3 {
+                        assert!(buf.pop(now + Duration::from_secs(1), timeout).is_none());
+                    }
+                    assert_eq!(buf.frame_passes, passes, "a pass over an emptied buffer");
+                    assert_eq!(format!("{buf:?}"), state, "an empty pop changed the buffer");
+
+                    buf.push(frame(11), [0x10, 0]);
+                    let got = buf
+                        .pop(now, timeout)
+                        .expect("the next frame")
+                        .expect("valid");
+                    assert_eq!(*got.seq_range().start(), 11.into());
+                }
+            }
         }
     }
 
