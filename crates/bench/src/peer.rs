@@ -575,6 +575,16 @@ impl Task {
 mod tests {
     use super::*;
 
+    /// One datagram from `rx`: its bytes, source and stamped arrival.
+    async fn read(rx: &UdpSocket) -> (Vec<u8>, SocketAddr, Instant) {
+        let (mut buf, mut cmsg) = ([0u8; 64], nix::cmsg_space!(nix::sys::time::TimeSpec));
+        let (n, source, arrived) = rx
+            .async_io(Interest::READABLE, || recv_stamped(rx, &mut buf, &mut cmsg))
+            .await
+            .expect("read");
+        (buf[..n].to_vec(), source, arrived)
+    }
+
     /// A datagram read 50 ms after it arrived is dated by the kernel's stamp, not by the read.
     ///
     /// The first socket on the machine that asks for receive stamps turns the kernel's
@@ -586,18 +596,11 @@ mod tests {
         let rx = bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
         let tx = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
         let to = rx.local_addr().expect("addr");
-        let (mut buf, mut cmsg) = ([0u8; 64], nix::cmsg_space!(nix::sys::time::TimeSpec));
         let mut stamping = false;
         for _ in 0..100 {
             tx.send_to(b"probe", to).expect("send");
             std::thread::sleep(Duration::from_millis(5));
-            let (_, _, arrived) = rx
-                .async_io(Interest::READABLE, || {
-                    recv_stamped(&rx, &mut buf, &mut cmsg)
-                })
-                .await
-                .expect("read");
-            if arrived.elapsed() >= Duration::from_millis(4) {
+            if read(&rx).await.2.elapsed() >= Duration::from_millis(4) {
                 stamping = true;
                 break;
             }
@@ -609,13 +612,8 @@ mod tests {
         tx.send_to(b"stamp", to).expect("send");
         let sent = Instant::now();
         std::thread::sleep(Duration::from_millis(50));
-        let (n, source, arrived) = rx
-            .async_io(Interest::READABLE, || {
-                recv_stamped(&rx, &mut buf, &mut cmsg)
-            })
-            .await
-            .expect("read");
-        assert_eq!(&buf[..n], b"stamp");
+        let (data, source, arrived) = read(&rx).await;
+        assert_eq!(data, b"stamp");
         assert_eq!(source, tx.local_addr().expect("addr"));
         let read = Instant::now();
         assert!(
