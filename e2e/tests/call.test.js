@@ -151,10 +151,18 @@ test('three-way call: everyone decodes everyone; mute stops packets; leave drops
         await waitUntil(`share ${round} started`, async () => (await tid(A.page, 'screen-button').getAttribute('data-sharing')) === 'true', { timeoutMs: 10_000 });
         for (const [label, page] of [['bob', B.page], ['carol', C.page]]) {
           await tile(page, ids.admin).locator('[data-testid=tile-state][data-screen=true]').waitFor();
-          await page.waitForFunction((pid) => {
-            const v = document.querySelector(`[data-testid=tile][data-participant="${pid}"] video[data-source=screen]`);
-            return v && v.readyState >= 2 && v.videoWidth > 0;
-          }, ids.admin);
+          try {
+            await page.waitForFunction((pid) => {
+              const v = document.querySelector(`[data-testid=tile][data-participant="${pid}"] video[data-source=screen]`);
+              return v && v.readyState >= 2 && v.videoWidth > 0;
+            }, ids.admin);
+          } catch (e) {
+            // Rare here (about 1 run in 10 on a slow machine): what both ends had, for the log.
+            for (const [who, p] of [[label, page], ['admin', A.page]]) {
+              log(`share ${round}: ${label}'s screen video did not start; ${who} media: ${JSON.stringify(await mediaDump(p))}`);
+            }
+            throw e;
+          }
           const scr = await waitUntil(`${label} decodes admin's screen`, async () => {
             const st = streamOf(await inbound(page), ids.admin, 'screen');
             return st && st.framesDecoded > 0 ? st : null;

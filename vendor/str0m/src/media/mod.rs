@@ -135,6 +135,12 @@ pub struct Media {
     /// depayload from RTP to frames.
     depayloaders: HashMap<(Pt, Option<Rid>), DepacketizingBuffer>,
 
+    /// sealroom: `false` only when every buffer in `depayloaders` is empty. An empty buffer
+    /// yields no frame and no timeout, so the receive walks a session makes on every poll
+    /// (frames, recovery deadlines, reordering timeouts) skip this media until a packet
+    /// arrives. Set by every push, cleared by a frame walk that finds every buffer empty.
+    may_have_queued: bool,
+
     /// Payloaders for outoing RTP packets.
     payloaders: HashMap<(Pt, Option<Rid>), PayloaderEntry>,
 
@@ -350,6 +356,10 @@ impl Media {
         now: Instant,
         audio_timeout: Option<Duration>,
     ) -> Result<Option<MediaData>, RtcError> {
+        if !self.may_have_queued {
+            debug_assert!(self.depayloaders.values().all(|b| b.is_empty()));
+            return Ok(None);
+        }
         for ((pt, rid), buf) in &mut self.depayloaders {
             if let Some(r) = buf.pop(now, audio_timeout) {
                 let dep = r.map_err(|e| RtcError::Packet(self.mid, *pt, e))?;
@@ -383,6 +393,7 @@ impl Media {
                 }));
             }
         }
+        self.may_have_queued = self.depayloaders.values().any(|b| !b.is_empty());
         Ok(None)
     }
 
@@ -469,6 +480,7 @@ impl Media {
         let buffer = self.depayloaders.get_mut(&key).unwrap();
 
         buffer.push(meta, packet.payload);
+        self.may_have_queued = true;
     }
 
     pub(crate) fn set_cname(&mut self, cname: String) {
@@ -566,8 +578,12 @@ impl Media {
     pub(crate) fn receive_buffers(
         &mut self,
     ) -> impl Iterator<Item = (Option<Rid>, &mut DepacketizingBuffer)> {
+        // An empty buffer has no recovery candidate; its deadline is set again before it is
+        // next popped or asked for a timeout, both of which wait for a push.
+        let n = if self.may_have_queued { usize::MAX } else { 0 };
         self.depayloaders
             .iter_mut()
+            .take(n)
             .map(|((_, rid), buf)| (*rid, buf))
     }
 
@@ -575,6 +591,9 @@ impl Media {
         &mut self,
         audio_timeout: Option<Duration>,
     ) -> Option<Instant> {
+        if !self.may_have_queued {
+            return None;
+        }
         self.depayloaders
             .values_mut()
             .filter_map(|buf| buf.poll_timeout(audio_timeout))
@@ -735,6 +754,7 @@ impl Default for Media {
             rids_tx: Rids::None,
             payloaders: HashMap::new(),
             depayloaders: HashMap::new(),
+            may_have_queued: true,
             to_payload: VecDeque::default(),
             last_tele_end: None,
             need_open_event: true,
@@ -844,6 +864,67 @@ mod receive_timeout_test {
             }
         }
         buffer
+    }
+
+    /// sealroom: once a frame walk finds every buffer empty, the receive walks skip the media
+    /// (no buffers to visit, no timeout) until the next packet, which is then popped as usual.
+    #[test]
+    fn empty_buffers_are_skipped_until_a_packet_arrives() {
+        let config = crate::format::CodecConfig::new_with_defaults();
+        let params = config.params();
+        let vp8 = params
+            .iter()
+            .find(|p| p.spec().codec == Codec::Vp8)
+            .expect("VP8 in the defaults");
+        let mut media = Media {
+            kind: MediaKind::Video,
+            ..Default::default()
+        };
+        let base = Instant::now();
+        let packet = |seq: u64| {
+            let mut p = RtpPacket::blank();
+            p.seq_no = seq.into();
+            p.time = MediaTime::from_90khz(seq * 3000);
+            p.header.payload_type = vp8.pt();
+            p.header.marker = true;
+            p.payload = Arc::from(&[0x10u8, 0, 0][..]);
+            p.timestamp = base;
+            p
+        };
+        let timeout = Some(Duration::from_millis(30));
+
+        media.depayload(None, packet(1), 15, 30, params);
+        assert_eq!(media.receive_buffers().count(), 1);
+        let frame = media.poll_sample(params, base, timeout).expect("ok");
+        assert!(frame.is_some(), "the frame pops");
+        assert!(
+            media
+                .poll_sample(params, base, timeout)
+                .expect("ok")
+                .is_none()
+        );
+
+        assert_eq!(
+            media.receive_buffers().count(),
+            0,
+            "an empty media is walked"
+        );
+        assert_eq!(media.poll_receive_timeout(timeout), None);
+        assert!(
+            media
+                .poll_sample(params, base, timeout)
+                .expect("ok")
+                .is_none()
+        );
+
+        media.depayload(None, packet(2), 15, 30, params);
+        assert_eq!(
+            media.receive_buffers().count(),
+            1,
+            "a new packet is not walked"
+        );
+        let frame = media.poll_sample(params, base, timeout).expect("ok");
+        assert_eq!(frame.map(|f| *f.seq_range.start()), Some(2.into()));
     }
 
     /// Test the earliest deadline covers all payload types and RIDs and changes after buffer resets.

@@ -311,6 +311,11 @@ impl DepacketizingBuffer {
         Some((first..self.queue[start].meta.seq_no, received))
     }
 
+    /// sealroom: no packet is queued.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
     pub(crate) fn set_recovery_deadline(&mut self, deadline: Option<Instant>) {
         self.wait_for_recovery = true;
         self.recovery_deadline = deadline;

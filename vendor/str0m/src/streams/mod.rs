@@ -100,7 +100,7 @@ pub struct StreamPaused {
 const BLANK_PACKET_DEFAULT_PT: Pt = Pt::new_with_value(255);
 
 impl RtpPacket {
-    fn blank() -> RtpPacket {
+    pub(crate) fn blank() -> RtpPacket {
         RtpPacket {
             seq_no: 0.into(),
             time: MediaTime::from_90khz(0),
