@@ -188,8 +188,12 @@ pub struct Counters {
     pub keyframe_requests_received: u64,
     /// Keyframe requests passed on to publishers.
     pub keyframe_requests_forwarded: u64,
-    /// Keyframe requests dropped by the per-stream throttle.
+    /// Keyframe requests held back by the per-stream throttle: each is merged into one
+    /// pending request per stream, sent when the interval ends unless a keyframe of that
+    /// stream passes first.
     pub keyframe_requests_throttled: u64,
+    /// Held-back requests that were sent when their interval ended (no keyframe came).
+    pub keyframe_requests_deferred_sent: u64,
 }
 
 /// State of one track a participant receives.
@@ -242,7 +246,8 @@ pub struct ParticipantInfo {
     pub estimate_bps: u64,
     /// Keyframe requests forwarded to it as a publisher.
     pub keyframe_requests_forwarded: u64,
-    /// Keyframe requests to it dropped by the throttle.
+    /// Keyframe requests to it held back by the throttle (merged, sent when the interval
+    /// ends unless a keyframe passes first).
     pub keyframe_requests_throttled: u64,
 }
 
@@ -407,6 +412,9 @@ pub struct Sfu {
     pairs: HashMap<(SocketAddr, SocketAddr), ParticipantId>,
     queue: VecDeque<Queued>,
     keyframes_wanted: Vec<KeyframeAsk>,
+    /// Keyframe requests held back by the throttle, at most one per (track, rid), with the
+    /// instant the stream's interval ends. A keyframe of the stream cancels its entry.
+    deferred_keyframes: Vec<(Instant, KeyframeAsk)>,
     /// Participants with `dirty` set, in the order they became dirty.
     dirty: Vec<ParticipantId>,
     /// Media and events taken from publishers' sessions as each datagram arrived, applied
@@ -437,6 +445,7 @@ impl Sfu {
             pairs: HashMap::new(),
             queue: VecDeque::new(),
             keyframes_wanted: Vec::new(),
+            deferred_keyframes: Vec::new(),
             dirty: Vec::new(),
             received: Work::default(),
             ranked_scratch: Vec::new(),
@@ -620,8 +629,9 @@ impl Sfu {
                 if let Some(tx) = p.rtc.direct_api().stream_tx_by_mid(m, None) {
                     tx.set_rtx_cache(RTX_MAX_PACKETS, history, Some(RTX_RATIO_CAP));
                 }
-                if t.kind == MediaKind::Video {
-                    // A new receiver cannot decode until the next keyframe.
+                if t.kind == MediaKind::Video && p.connected {
+                    // A new receiver cannot decode until the next keyframe (one that is not
+                    // connected yet asks when it connects).
                     self.keyframes_wanted.push(KeyframeAsk {
                         track: t.source,
                         rid: None,
@@ -772,7 +782,8 @@ impl Sfu {
             })
             .min()
             .unwrap_or(now + IDLE_TIMEOUT);
-        next.max(now)
+        let deferred = self.deferred_keyframes.iter().map(|(due, _)| *due).min();
+        deferred.map_or(next, |d| d.min(next)).max(now)
     }
 
     /// Participants currently in the SFU: the forwarding set.
@@ -917,6 +928,8 @@ impl Sfu {
             !(q.participant == Some(id) && matches!(q.output, Output::Transmit { .. }))
         });
         self.keyframes_wanted.retain(|k| k.track.publisher != id);
+        self.deferred_keyframes
+            .retain(|(_, k)| k.track.publisher != id);
         for t in &p.tracks_in {
             let track = TrackId {
                 publisher: id,
@@ -963,6 +976,20 @@ impl Sfu {
         let wanted = std::mem::take(&mut self.keyframes_wanted);
         for ask in wanted {
             self.request_keyframe(now, ask);
+        }
+        if self.deferred_keyframes.iter().any(|(due, _)| *due <= now) {
+            let mut due = Vec::new();
+            self.deferred_keyframes.retain(|(at, ask)| {
+                let ready = *at <= now;
+                if ready {
+                    due.push(*ask);
+                }
+                !ready
+            });
+            for ask in due {
+                self.counters.keyframe_requests_deferred_sent += 1;
+                self.request_keyframe(now, ask);
+            }
         }
         let received = std::mem::take(&mut self.received);
         if !received.is_empty() {
@@ -1126,6 +1153,17 @@ impl Sfu {
             },
             str0m::Event::Connected => {
                 p.connected = true;
+                // Tracks that opened while DTLS was still running: nothing reached it yet,
+                // and the keyframe asked for at opening may have passed before SRTP was up.
+                for t in &p.tracks_out {
+                    if t.kind == MediaKind::Video && matches!(t.state, OutState::Open(_)) {
+                        work.keyframes.push(KeyframeAsk {
+                            track: t.source,
+                            rid: None,
+                            kind: KeyframeRequestKind::Pli,
+                        });
+                    }
+                }
                 self.push_event(Some(id), Event::Connected { participant: id });
             }
             str0m::Event::MediaAdded(m)
@@ -1278,6 +1316,14 @@ impl Sfu {
         }
         let mut asks = work.keyframes;
         for incoming in &work.media {
+            if incoming.keyframe && !self.deferred_keyframes.is_empty() {
+                // The keyframe a held-back request waits for: everyone subscribed now gets it.
+                self.deferred_keyframes.retain(|(_, k)| {
+                    k.track.publisher != incoming.publisher
+                        || k.track.mid != incoming.mid
+                        || k.rid != incoming.rid
+                });
+            }
             self.forward(incoming, &mut asks);
         }
         for ask in asks {
@@ -1311,7 +1357,9 @@ impl Sfu {
         let in_seq = *packet.seq_no;
         let in_ticks = packet.time.numer();
         for (sid, s) in &mut self.participants {
-            if *sid == publisher || s.config.room != room {
+            // Not connected yet: SRTP is not up, so nothing could leave; it asks for a
+            // keyframe when it connects.
+            if *sid == publisher || s.config.room != room || !s.connected {
                 continue;
             }
             let (audio, video) = if simulcast { s.open_counts() } else { (0, 0) };
@@ -1405,8 +1453,10 @@ impl Sfu {
         self.ranked_scratch = ranked;
     }
 
-    /// Passes a keyframe request to the publisher unless one went to the same stream within
-    /// the configured interval.
+    /// Passes a keyframe request to the publisher, or, if one went to the same stream within
+    /// the configured interval, holds it until the interval ends: a subscriber whose track
+    /// opened just after the previous keyframe passed still gets one, even from a publisher
+    /// that sends keyframes only when asked (a still shared screen).
     fn request_keyframe(&mut self, now: Instant, ask: KeyframeAsk) {
         self.counters.keyframe_requests_received += 1;
         let interval = self.config.keyframe_request_interval;
@@ -1416,12 +1466,26 @@ impl Sfu {
         let Some(t) = p.tracks_in.iter_mut().find(|t| t.mid == ask.track.mid) else {
             return;
         };
-        if t.last_keyframe_request
+        if let Some(last) = t
+            .last_keyframe_request
             .get(&ask.rid)
-            .is_some_and(|last| now.saturating_duration_since(*last) < interval)
+            .filter(|last| now.saturating_duration_since(**last) < interval)
         {
             p.kf_throttled += 1;
             self.counters.keyframe_requests_throttled += 1;
+            let due = *last + interval;
+            match self
+                .deferred_keyframes
+                .iter_mut()
+                .find(|(_, k)| k.track == ask.track && k.rid == ask.rid)
+            {
+                Some((_, held)) => {
+                    if ask.kind == KeyframeRequestKind::Fir {
+                        held.kind = KeyframeRequestKind::Fir;
+                    }
+                }
+                None => self.deferred_keyframes.push((due, ask)),
+            }
             return;
         }
         let mut api = p.rtc.direct_api();

@@ -140,6 +140,8 @@ pub struct Client {
     pub failed: Option<String>,
     /// Frames received, per (publisher stream id, kind).
     pub frames: HashMap<(String, MediaKind), u64>,
+    /// VP8 keyframes received, per publisher stream id.
+    pub keyframes: HashMap<String, u64>,
     /// Every video payload received, when `record` is set.
     pub record: bool,
     pub received_payloads: Vec<Vec<u8>>,
@@ -172,6 +174,7 @@ impl Client {
             connected: false,
             failed: None,
             frames: HashMap::new(),
+            keyframes: HashMap::new(),
             record: false,
             received_payloads: Vec::new(),
             keyframe_requests: 0,
@@ -300,6 +303,13 @@ impl Client {
     pub fn video_frames_from(&self, publisher: ParticipantId) -> u64 {
         self.frames
             .get(&(publisher.to_string(), MediaKind::Video))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn keyframes_from(&self, publisher: ParticipantId) -> u64 {
+        self.keyframes
+            .get(&publisher.to_string())
             .copied()
             .unwrap_or(0)
     }
@@ -465,6 +475,12 @@ impl World {
                         str0m::Event::MediaData(d) => {
                             if let Some(media) = c.rtc.media(d.mid) {
                                 let key = (media.stream_id().to_string(), media.kind());
+                                // RFC 6386 §9.1: bit 0 of the frame tag is clear on keyframes.
+                                if media.kind() == MediaKind::Video
+                                    && d.data.first().is_some_and(|b| b & 0x01 == 0)
+                                {
+                                    *c.keyframes.entry(key.0.clone()).or_default() += 1;
+                                }
                                 *c.frames.entry(key).or_default() += 1;
                                 if c.record && media.kind() == MediaKind::Video {
                                     c.received_payloads.push(d.data.to_vec());

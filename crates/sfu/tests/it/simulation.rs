@@ -153,6 +153,157 @@ fn keyframe_requests_from_a_persistent_subscriber_are_throttled() {
     assert!(kf_events > 0);
 }
 
+/// A publisher that sends keyframes only when asked (like a still shared screen): a
+/// subscriber whose request comes just after another's brought a keyframe has its own
+/// request held by the throttle, not dropped, and gets a keyframe when the interval ends.
+#[test]
+fn a_throttled_keyframe_request_is_sent_when_the_interval_ends() {
+    let mut w = World::new(seed("deferred_keyframe"));
+    let a = w.join(AV);
+    let b = w.join(AV);
+    w.run_for(Duration::from_secs(3));
+    assert!(
+        w.client(b).keyframes_from(w.id(a)) >= 1,
+        "b decodes a's video"
+    );
+    let interval = sealroom_sfu::SfuConfig::new(vec![]).keyframe_request_interval;
+
+    // c connects and asks; a's keyframe reaches c. d joins 300 ms after the last request
+    // that reached a.
+    let c = w.join(AV);
+    let mut requests = w.client(a).keyframe_requests;
+    let mut last_request = w.now;
+    while w.client(c).keyframes_from(w.id(a)) == 0
+        || w.now < last_request + Duration::from_millis(300)
+    {
+        w.run_for(Duration::from_millis(1));
+        if w.client(a).keyframe_requests != requests {
+            requests = w.client(a).keyframe_requests;
+            last_request = w.now;
+        }
+        assert!(w.now < last_request + 3 * interval, "c gets a's keyframe");
+    }
+    let d = w.join(AV);
+    let d_joined = w.now;
+    let wait = last_request + interval - d_joined;
+    let mut first_key = None;
+    while w.now < d_joined + 3 * interval {
+        w.run_for(Duration::from_millis(1));
+        if first_key.is_none() && w.client(d).keyframes_from(w.id(a)) > 0 {
+            first_key = Some(w.now - d_joined);
+        }
+    }
+    let counters = w.sfu.counters().clone();
+    println!("d's first keyframe from a after {first_key:?} (interval ends after {wait:?}); {counters:?}");
+    let waited = first_key.expect("d gets a keyframe from a (before: never)");
+    // The throttle still holds: d waits for the rest of the interval, and not much longer
+    // (a's next frame is at most 33 ms away, and the way back).
+    assert!(
+        waited >= wait && waited <= wait + Duration::from_millis(100),
+        "held until the interval ends, {wait:?} after d joined; got one after {waited:?}"
+    );
+    assert_eq!(
+        w.client(a).keyframe_requests - requests,
+        1,
+        "d's request reached a once"
+    );
+    assert!(counters.keyframe_requests_deferred_sent >= 1);
+    assert!(
+        w.client(d).video_frames_from(w.id(a)) > 30,
+        "d decodes a's video"
+    );
+}
+
+/// A subscriber whose track opens while its DTLS handshake is still running (80 ms round
+/// trips): nothing is forwarded to it before SRTP is up, and its keyframe request goes to
+/// the publisher when it connects, so the keyframe is fresh and not one that waited in a
+/// queue; it gets one from a publisher that sends them only when asked.
+#[test]
+fn a_subscriber_asks_for_a_keyframe_when_it_connects() {
+    let mut w = World::new(seed("keyframe_after_connect"));
+    w.net.delay = Duration::from_millis(40);
+    let a = w.join(AV);
+    let _b = w.join(AV);
+    w.run_for(Duration::from_secs(3));
+    let c = w.join(AV);
+    let joined = w.now;
+    let mut connected = None;
+    let mut first_key = None;
+    while w.now < joined + Duration::from_secs(4) {
+        w.run_for(Duration::from_millis(1));
+        if connected.is_none() && w.client(c).connected {
+            connected = Some(w.now - joined);
+        }
+        if first_key.is_none() && w.client(c).keyframes_from(w.id(a)) > 0 {
+            first_key = Some(w.now - joined);
+        }
+    }
+    let sfu_connected = w
+        .events
+        .iter()
+        .find(|(_, e)| matches!(e, Event::Connected { participant } if *participant == w.id(c)))
+        .map(|(t, _)| *t)
+        .expect("the SFU saw c connect");
+    let asked: Vec<Duration> = w
+        .events
+        .iter()
+        .filter(|(t, e)| {
+            *t >= joined
+                && matches!(e, Event::KeyframeRequested { track, .. } if track.publisher == w.id(a))
+        })
+        .map(|(t, _)| *t - joined)
+        .collect();
+    println!(
+        "c connected after {connected:?} (SFU side {:?}), a asked at {asked:?}, first keyframe from a after {first_key:?}",
+        sfu_connected - joined
+    );
+    let connected = connected.expect("c connects");
+    assert!(
+        connected > Duration::from_millis(150),
+        "the handshake takes round trips ({connected:?})"
+    );
+    assert_eq!(asked.len(), 1, "one request to a for c");
+    assert!(
+        asked[0] >= sfu_connected - joined,
+        "asked once c is connected, not at the answer"
+    );
+    let first_key = first_key.expect("c gets a keyframe from a");
+    assert!(first_key > connected);
+    assert!(
+        w.client(c).video_frames_from(w.id(a)) > 30,
+        "c decodes a's video"
+    );
+}
+
+/// A held-back request is dropped when a keyframe of its stream passes first: two tracks
+/// opening 10 ms apart cost the publisher one keyframe, not two.
+#[test]
+fn a_keyframe_that_passes_cancels_the_held_request() {
+    let mut w = World::new(seed("cancelled_keyframe"));
+    let a = w.join(AV);
+    let _b = w.join(AV);
+    w.run_for(Duration::from_secs(3));
+    let requests_before = w.client(a).keyframe_requests;
+    let c = w.join(AV);
+    w.run_for(Duration::from_millis(10));
+    let d = w.join(AV);
+    w.run_for(Duration::from_secs(3));
+    let counters = w.sfu.counters().clone();
+    println!("{counters:?}");
+    assert!(
+        counters.keyframe_requests_throttled >= 1,
+        "d's request was held"
+    );
+    assert_eq!(
+        w.client(a).keyframe_requests - requests_before,
+        1,
+        "one keyframe served both"
+    );
+    assert_eq!(counters.keyframe_requests_deferred_sent, 0);
+    assert_eq!(w.client(c).keyframes_from(w.id(a)), 1);
+    assert_eq!(w.client(d).keyframes_from(w.id(a)), 1);
+}
+
 /// SFrame-protected VP8 frames (10 clear bytes on keyframes, 1 on delta frames, random
 /// ciphertext after) reach the subscriber byte for byte.
 #[test]
