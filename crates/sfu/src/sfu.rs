@@ -387,7 +387,7 @@ struct Incoming {
     params: PayloadParams,
     keyframe: bool,
     vp8: Option<Vp8Descriptor>,
-    packet: RtpPacket,
+    packet: Box<RtpPacket>,
 }
 
 #[derive(Debug, Clone, Copy)]
