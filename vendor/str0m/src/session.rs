@@ -111,6 +111,9 @@ pub(crate) struct Session {
 
     // Next packet for RtpPacket event.
     pending_packet: Option<RtpPacket>,
+    /// sealroom: how often the receive-recovery walk ran (tests only).
+    #[cfg(test)]
+    receive_walks: usize,
 
     // Total RTP payload bytes for media, including retransmissions.
     media_bytes_rx: u64,
@@ -209,6 +212,8 @@ impl Session {
             pacer_control: PacerControl::new(),
             poll_packet_buf: vec![0; 2000],
             pending_packet: None,
+            #[cfg(test)]
+            receive_walks: 0,
             media_bytes_rx: 0,
             media_bytes_tx: 0,
             ice_lite: config.ice_lite,
@@ -1104,6 +1109,10 @@ impl Session {
     }
 
     fn update_receive_recovery(&mut self) {
+        #[cfg(test)]
+        {
+            self.receive_walks += 1;
+        }
         for media in self.medias.iter_mut().filter(|m| m.kind().is_video()) {
             let mid = media.mid();
             for (rid, buf) in media.receive_buffers() {
@@ -1307,17 +1316,28 @@ impl Session {
             };
         }
 
-        self.update_receive_recovery();
+        // RTP mode hands every received packet to poll_event(); no receive buffer is ever
+        // filled, so the receive walks over every media's buffers are skipped.
+        debug_assert!(
+            !self.rtp_mode || self.medias.iter().all(|m| !m.has_queued_receive()),
+            "a receive buffer filled in RTP mode"
+        );
+        if !self.rtp_mode {
+            self.update_receive_recovery();
+        }
         let feedback_at = self.regular_feedback_at();
         let nack_at = self.nack_at();
         let twcc_at = self.twcc_at();
         let pacing_at = self.pacer.poll_timeout();
         let packetize_at = self.medias.iter().filter_map(|m| m.poll_timeout()).min();
-        let receive_at = self
-            .medias
-            .iter_mut()
-            .filter_map(|media| media.poll_receive_timeout(self.reordering_timeout_audio))
-            .min();
+        let receive_at = if self.rtp_mode {
+            None
+        } else {
+            self.medias
+                .iter_mut()
+                .filter_map(|media| media.poll_receive_timeout(self.reordering_timeout_audio))
+                .min()
+        };
         let paused_at = self.paused_at();
         let send_stream_at = self.streams.send_stream();
         let request_at = self.streams.pending_request();
@@ -1616,6 +1636,22 @@ mod tests {
 
     use crate::poll::Readiness;
     use crate::rtp_::RtcpPacket;
+
+    /// sealroom: in RTP mode no receive buffer is ever filled, so `poll_timeout` does not
+    /// walk the receive buffers (the walk ran on every poll of every SFU session); frame
+    /// mode still does.
+    #[test]
+    fn rtp_mode_skips_the_receive_walks() {
+        for rtp_mode in [false, true] {
+            let mut session = Session::new(&RtcConfig::default().set_rtp_mode(rtp_mode));
+            session.medias.push(Media::default());
+            for _ in 0..3 {
+                session.poll_timeout();
+            }
+            let expected = if rtp_mode { 0 } else { 3 };
+            assert_eq!(session.receive_walks, expected, "rtp_mode {rtp_mode}");
+        }
+    }
 
     fn keyed_session() -> Session {
         let mut session = Session::new(&RtcConfig::default());

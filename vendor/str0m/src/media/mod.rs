@@ -587,6 +587,11 @@ impl Media {
             .map(|((_, rid), buf)| (*rid, buf))
     }
 
+    /// Whether any receive buffer holds a packet.
+    pub(crate) fn has_queued_receive(&self) -> bool {
+        self.depayloaders.values().any(|b| !b.is_empty())
+    }
+
     pub(crate) fn poll_receive_timeout(
         &mut self,
         audio_timeout: Option<Duration>,
