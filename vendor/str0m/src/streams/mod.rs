@@ -688,9 +688,22 @@ impl Streams {
             queue.midrid = MidRid(MID_PROBE, None);
             queue
         });
+        // sealroom: idle streams (nothing queued, no resends, no padding; see
+        // `StreamTx::pacer_idle`) are mostly left out. Their states change none of the
+        // pacer's decisions except one, the padding source: the pacer pads on the eligible
+        // source sent on most recently, so of the idle sources only that one is kept. Every
+        // pacer pass copied and folded over all of them, and a pass runs once per packet
+        // queued; an SFU session has one send stream per remote track, nearly all idle at
+        // any moment (audio between its packets, video between frames).
         let mut streams = self.streams_tx.values_mut();
+        let mut idle_padding: Option<QueueState> = None;
         std::iter::from_fn(move || {
-            if let Some(stream) = streams.next() {
+            for stream in streams.by_ref() {
+                let idle = stream.pacer_idle();
+                if idle && !stream.padding_enabled() {
+                    stream.idle_queue_info(now);
+                    continue;
+                }
                 let mut queue = stream.queue_state(now);
                 if probe_queue.is_some() && queue.use_for_padding {
                     // Only negotiated feedback sources can provide probe padding.
@@ -700,6 +713,18 @@ impl Streams {
                         .is_some_and(|pt| can_probe(stream.mid(), pt));
                 }
                 media_padding |= queue.use_for_padding;
+                if !idle {
+                    return Some(queue);
+                }
+                // Ties go to the later stream, as the pacer's `max_by_key` would pick.
+                let best = idle_padding
+                    .as_ref()
+                    .is_none_or(|b| queue.snapshot.last_emitted >= b.snapshot.last_emitted);
+                if queue.use_for_padding && best {
+                    idle_padding = Some(queue);
+                }
+            }
+            if let Some(queue) = idle_padding.take() {
                 return Some(queue);
             }
             let mut queue = probe_queue.take()?;

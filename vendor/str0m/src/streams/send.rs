@@ -555,7 +555,7 @@ impl StreamTx {
         self.send_queue.push(packet);
     }
 
-    fn padding_enabled(&self) -> bool {
+    pub(crate) fn padding_enabled(&self) -> bool {
         (self.ssrc.is_probe() || self.rtx.is_some()) && self.pt_for_padding.is_some()
     }
 
@@ -1178,6 +1178,17 @@ impl StreamTx {
         self.stats.fill(snapshot, self.midrid, now);
     }
 
+    /// sealroom: nothing queued, no resends and no padding. The queue state of such a
+    /// stream has zero packets, size and queue time (see `Streams::send_queue_states`).
+    pub(crate) fn pacer_idle(&self) -> bool {
+        self.send_queue.is_empty() && self.resends.is_empty() && self.padding == 0
+    }
+
+    /// sealroom: refresh `queue_info` for an idle stream left out of the pacer's states.
+    pub(crate) fn idle_queue_info(&mut self, now: Instant) {
+        self.queue_info = Some(self.send_queue.snapshot(now));
+    }
+
     pub(crate) fn queue_state(&mut self, now: Instant) -> QueueState {
         // The unpaced flag is set to a default value on first handle_timeout. The
         // default is to not pace audio. We unwrap default to "true" here to not
@@ -1395,6 +1406,94 @@ struct Resend {
 #[cfg(test)]
 mod test {
     use super::*;
+
+    /// Send one packet through a stream's queue, so that it was last sent on at `at`.
+    fn emit_at(stream: &mut StreamTx, at: Instant) {
+        stream.send_queue.push(RtpPacket {
+            seq_no: 0.into(),
+            time: MediaTime::from_90khz(0),
+            header: RtpHeader::default(),
+            payload: vec![0; 100].into(),
+            vp8_patch: None,
+            timestamp: at,
+            last_sender_info: None,
+            nackable: false,
+        });
+        stream.send_queue.handle_timeout(at);
+        assert!(stream.send_queue.pop(at).is_some());
+    }
+
+    #[test]
+    fn the_pacer_sees_busy_streams_and_one_idle_padding_source() {
+        let start = Instant::now();
+        let now = start + Duration::from_millis(100);
+        let mut streams = crate::streams::Streams::new(false, 1200, Duration::from_millis(1500));
+        // An idle audio stream: no padding, nothing queued. Left out.
+        emit_at(
+            streams.declare_stream_tx(1.into(), None, MidRid("a".into(), None)),
+            start,
+        );
+        // A busy audio stream (one resend outstanding). Kept.
+        streams
+            .declare_stream_tx(2.into(), None, MidRid("b".into(), None))
+            .resends
+            .push_back(Resend {
+                seq_no: 7.into(),
+                queued_at: start,
+                payload_size: 123,
+            });
+        // Three idle video streams that can pad, last sent on at different times: only the
+        // most recent one is kept, as the pacer pads on that one.
+        for (ssrc, mid, ms) in [(3, "v1", 10), (5, "v2", 30), (7, "v3", 20)] {
+            let at = start + Duration::from_millis(ms);
+            let stream = streams.declare_stream_tx(
+                ssrc.into(),
+                Some((ssrc + 1).into()),
+                MidRid(mid.into(), None),
+            );
+            stream.pt_for_padding = Some(96.into());
+            emit_at(stream, at);
+        }
+
+        let all: Vec<QueueState> = streams
+            .streams_tx
+            .values_mut()
+            .map(|s| s.queue_state(now))
+            .collect();
+        let padding_choice = |qs: &[QueueState]| {
+            qs.iter()
+                .filter(|q| q.use_for_padding)
+                .max_by_key(|q| q.snapshot.last_emitted)
+                .map(|q| q.midrid)
+        };
+
+        let mut seen: Vec<QueueState> = streams.send_queue_states(now, |_, _| true).collect();
+        seen.sort_by_key(|q| q.midrid.mid().to_string());
+        let mids: Vec<String> = seen.iter().map(|q| q.midrid.mid().to_string()).collect();
+        assert_eq!(mids, ["b", "v2"]);
+        assert_eq!(seen[0].snapshot.packet_count, 1);
+        assert!(seen[1].use_for_padding);
+        assert_eq!(seen[1].snapshot.packet_count, 0);
+
+        // The pacer's decisions read the same from either list: what is queued, how long,
+        // and where to pad.
+        let totals = |qs: &[QueueState]| {
+            qs.iter().fold((0, 0, Duration::ZERO), |t, q| {
+                (
+                    t.0 + q.snapshot.packet_count,
+                    t.1 + q.snapshot.byte_size,
+                    t.2 + q.snapshot.total_queue_time(now),
+                )
+            })
+        };
+        assert_eq!(totals(&seen), totals(&all));
+        assert_eq!(padding_choice(&seen), padding_choice(&all));
+
+        // The idle stream left out still has fresh queue information.
+        let idle = streams.streams_tx.get(&1.into()).unwrap();
+        assert_eq!(idle.queue_info().unwrap().created_at(), now);
+        assert_eq!(idle.queue_info().unwrap().packet_count(), 0);
+    }
 
     #[test]
     fn regular_padding_does_not_search_probe_negotiation() {
