@@ -162,6 +162,9 @@ pub(crate) struct Streams {
     /// last report time, a send stream's kind and a receive stream's RTX; those change only
     /// where `forget_feedback_at` is called.
     feedback_at: Option<(Duration, Duration, Option<Instant>)>,
+    /// How many timeouts walked the streams for due reports (tests only).
+    #[cfg(test)]
+    pub(crate) report_walks: usize,
 }
 
 /// Delay between cleaning up the RxLookup.
@@ -192,6 +195,8 @@ impl Streams {
             mtu_warn,
             pause_threshold,
             feedback_at: None,
+            #[cfg(test)]
+            report_walks: 0,
         }
     }
 
@@ -467,8 +472,20 @@ impl Streams {
     ) {
         let StreamTimeoutConfig { codecs, intervals } = config;
 
+        // sealroom: no stream needs a report before the cached next report time (the
+        // minimum of exactly the times `need_rr` and `need_sr` compare against), so the two
+        // walks that ask every stream are skipped until then. A pass runs once per packet
+        // queued; in debug builds the cache is checked against a fresh walk on every read.
+        let report_due = self
+            .regular_feedback_at(intervals)
+            .is_some_and(|at| now >= at);
+        #[cfg(test)]
+        if report_due {
+            self.report_walks += 1;
+        }
+
         self.mids_to_report.clear(); // Clear for checking StreamRx.
-        for stream in self.streams_rx.values() {
+        for stream in self.streams_rx.values().filter(|_| report_due) {
             if stream.need_rr(now, intervals) {
                 self.mids_to_report.push(stream.mid());
             }
@@ -495,21 +512,16 @@ impl Streams {
         }
 
         self.mids_to_report.clear(); // start over for StreamTx.
-        let mut kind_unknown = false;
-        for stream in self.streams_tx.values() {
+        for stream in self.streams_tx.values().filter(|_| report_due) {
             if stream.need_sr(now, intervals) {
                 self.mids_to_report.push(stream.mid());
             }
-            kind_unknown |= !stream.kind_known();
         }
-        // sealroom: sender reports are created below, or a send stream learns its kind (its
-        // first timeout), which starts its reports.
-        if !self.mids_to_report.is_empty() || kind_unknown {
-            self.forget_feedback_at();
-        }
+        let mut kind_unknown = false;
 
         for stream in self.streams_tx.values_mut() {
             let mid = stream.mid();
+            kind_unknown |= !stream.kind_known();
 
             // All StreamTx belonging to the same Mid are reported together.
             if self.mids_to_report.contains(&mid) {
@@ -522,6 +534,11 @@ impl Streams {
             let get_media = move || (medias.iter().find(|m| m.mid() == mid).unwrap(), codecs);
 
             stream.handle_timeout(now, get_media);
+        }
+        // sealroom: sender reports were created, or a send stream learned its kind (its
+        // first timeout), which starts its reports.
+        if !self.mids_to_report.is_empty() || kind_unknown {
+            self.forget_feedback_at();
         }
 
         if now > self.rx_lookup_at() {
@@ -878,6 +895,47 @@ mod feedback_at_tests {
         };
         let mut feedback = VecDeque::new();
         s.handle_timeout(now, 1.into(), false, medias, config, &mut feedback);
+    }
+
+    #[test]
+    fn a_timeout_before_the_next_report_does_not_walk_the_streams() {
+        let start = Instant::now();
+        let codecs = CodecConfig::new_with_defaults();
+        let mid = Mid::from("v");
+        let medias = [Media::from_app_tmp(mid, 0)];
+        let mut s = Streams::new(false, 1200, Duration::from_millis(1500));
+        s.declare_stream_tx(10.into(), None, MidRid(mid, None));
+        s.expect_stream_rx(20.into(), None, MidRid(mid, None), false);
+
+        // The receiver report is due at once, then the sender report once the send stream
+        // knows its kind: both timeouts walk.
+        timeout(&mut s, start, &medias, &codecs);
+        let later = start + Duration::from_millis(10);
+        timeout(&mut s, later, &medias, &codecs);
+        assert_eq!(s.report_walks, 2);
+        let next = at(&mut s).expect("a next report");
+        assert_eq!(next, later + I.video);
+
+        // Until then, timeouts (an SFU session has one per queued packet) walk nothing.
+        for ms in 1..100 {
+            timeout(&mut s, later + Duration::from_millis(ms), &medias, &codecs);
+        }
+        assert_eq!(s.report_walks, 2);
+        assert_eq!(at(&mut s), Some(next), "no report was made");
+
+        // At the report time the walk runs and the sender report is made.
+        let mut feedback = VecDeque::new();
+        let config = StreamTimeoutConfig {
+            codecs: &codecs,
+            intervals: I,
+        };
+        s.handle_timeout(next, 1.into(), false, &medias, config, &mut feedback);
+        assert_eq!(s.report_walks, 3);
+        assert!(
+            feedback.iter().any(|r| matches!(r, Rtcp::SenderReport(_))),
+            "{feedback:?}"
+        );
+        assert_eq!(at(&mut s), Some(next + I.video));
     }
 
     #[test]
