@@ -55,12 +55,23 @@ export async function mediaDump(page) {
     if (!s) return null;
     const report = await s.pc.getStats();
     const inboundRtp = [];
+    const payloadTypes = new Map();
+    report.forEach((r) => {
+      if (r.type === 'codec') payloadTypes.set(r.id, `${r.payloadType} ${r.mimeType}`);
+    });
     report.forEach((r) => {
       if (r.type === 'inbound-rtp') {
-        const { mid, kind, ssrc, packetsReceived, packetsLost, framesReceived, framesDecoded, keyFramesDecoded, pliCount, nackCount, firCount } = r;
-        inboundRtp.push({ mid, kind, ssrc, packetsReceived, packetsLost, framesReceived, framesDecoded, keyFramesDecoded, pliCount, nackCount, firCount });
+        const { mid, kind, ssrc, packetsReceived, packetsLost, bytesReceived, headerBytesReceived, framesReceived, framesDecoded, keyFramesDecoded, pliCount, nackCount, firCount } = r;
+        // bytesReceived counts payload only: packets without it are padding.
+        inboundRtp.push({ mid, kind, ssrc, codec: payloadTypes.get(r.codecId) ?? null, packetsReceived, packetsLost, bytesReceived, headerBytesReceived, framesReceived, framesDecoded, keyFramesDecoded, pliCount, nackCount, firCount });
       }
     });
+    // The payload types and SSRCs each receiving m-line negotiated (what packets must carry).
+    const sections = (s.pc.currentRemoteDescription?.sdp ?? '').split(/\r\n(?=m=)/).slice(1);
+    const remote = sections.map((m) => ({
+      mid: /a=mid:(\S+)/.exec(m)?.[1] ?? null,
+      lines: m.split('\r\n').filter((l) => /^(m=|a=(rtpmap|ssrc|ssrc-group|sendonly|recvonly|sendrecv|inactive):)/.test(l) || /^a=(sendonly|recvonly|sendrecv|inactive)$/.test(l)),
+    }));
     return {
       state: s.state,
       ice: s.pc.iceConnectionState,
@@ -68,6 +79,7 @@ export async function mediaDump(page) {
       transceivers: s.pc.getTransceivers().map((t) => ({ mid: t.mid, direction: t.direction, current: t.currentDirection, track: t.receiver.track?.readyState })),
       tracks: s.tracks,
       inbound: inboundRtp,
+      remote,
       frames: s.transformFrames,
       events: s.events,
     };

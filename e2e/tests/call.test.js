@@ -179,6 +179,12 @@ test('three-way call: everyone decodes everyone; mute stops packets; leave drops
           await waitUntil('screen track withdrawn', async () => !(await page.evaluate((id) => window.__sealroom.tracks.some((t) => t.participant_id === id && t.source === 'screen'), ids.admin)));
         }
       }
+      // Receiver transforms the page had to replace (web/src/call/transform-watch.ts), for the log.
+      for (const [label, page] of [['bob', B.page], ['carol', C.page]]) {
+        const { events, byMid } = await page.evaluate(() => ({ events: window.__sealroom.events, byMid: window.__sealroom.transformFrames.sframe.byMid }));
+        const notes = events.filter(([, what]) => what.startsWith('transform '));
+        if (notes.length > 0) log(`${label}: ${JSON.stringify(notes)}; the worker's frames of those mids now: ${JSON.stringify(notes.map(([, what]) => byMid[/^transform \S+ ([^\s:]+)/.exec(what)?.[1]] ?? null))}`);
+      }
       if (process.env.E2E_CALL_DEBUG) for (const [label, page] of [['admin', A.page], ['bob', B.page]]) log(`${label} media: ${JSON.stringify(await mediaDump(page), null, 1)}`);
       // The camera and microphone of admin still arrive after all that renegotiation.
       await assertDecodesAll('bob (after screen share)', B.page, { admin: ids.admin }, 2000).catch(async (e) => {

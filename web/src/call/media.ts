@@ -19,6 +19,7 @@ import { FrameTransforms } from '../e2ee/transforms';
 import { MAX_WS_MESSAGE, type ClientMsg, type Level, type MediaSource, type Participant, type RemoteTrack, type Source } from '../proto';
 import { metadataPolicy, mlines } from './sdp';
 import { rate, rateInterval, SpeakerTracker, type InboundCounters, type Quality } from './quality';
+import { TransformWatch } from './transform-watch';
 
 /** Host candidates of the ICE-lite SFU only: never a STUN or TURN server (DESIGN.md T8). */
 const PC_CONFIG: RTCConfiguration = { iceServers: [], bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' };
@@ -197,6 +198,7 @@ export class CallMedia {
   /** Participant id of the active speaker (may be `you`). */
   speaker: string | null = null;
   private prevInbound = new Map<string, InboundCounters>();
+  private readonly transformWatch = new TransformWatch();
   private readonly everReceived = new Set<string>();
 
   // --- negotiation
@@ -524,7 +526,9 @@ export class CallMedia {
     const t = ev.transceiver;
     const mid = t.mid;
     if (mid === null) return;
+    const had = ev.receiver.transform !== null;
     this.transforms.attachReceiver(ev.receiver, mid, this.trackInfo(mid)?.source ?? null);
+    this.note(`track ${ev.track.kind}:${mid}${had ? ' (transform kept)' : ''}`);
     this.remote.set(mid, { mid, track: ev.track, transceiver: t });
     ev.track.addEventListener('ended', () => {
       this.prune();
@@ -855,7 +859,26 @@ export class CallMedia {
   }
 
   // ------------------------------------------------------------------------------------------
-  // Statistics: quality per participant, active speaker
+  // Statistics: quality per participant, active speaker, stuck receiver transforms
+
+  /** A receiver whose payload arrives but whose frames never reach the worker gets a fresh transform. */
+  private watchTransforms(inbound: Map<string, { bytesReceived: number }>): void {
+    const byMid = this.transforms.counts.sframe.byMid;
+    const samples = [...this.remote.keys()].flatMap((mid) => {
+      const c = inbound.get(mid);
+      return c ? [{ mid, bytesReceived: c.bytesReceived, workerFrames: byMid[mid]?.received ?? 0 }] : [];
+    });
+    for (const v of this.transformWatch.sample(performance.now(), samples)) {
+      const r = this.remote.get(v.mid);
+      if (!r) continue;
+      if (v.action === 'restart') {
+        this.transforms.restartReceiver(r.transceiver.receiver, v.mid, this.trackInfo(v.mid)?.source ?? null);
+        this.note(`transform restarted ${v.mid} (${v.attempt})`);
+      } else {
+        this.note(`transform stuck ${v.mid}: given up`);
+      }
+    }
+  }
 
   private async sample(): Promise<void> {
     if (this.closed) return;
@@ -866,7 +889,7 @@ export class CallMedia {
       return;
     }
     if (this.closed) return;
-    const inbound = new Map<string, InboundCounters & { kind: string; audioLevel: number }>();
+    const inbound = new Map<string, InboundCounters & { kind: string; audioLevel: number; bytesReceived: number }>();
     const byTrackId = new Map<string, string>();
     for (const [mid, r] of this.remote) byTrackId.set(r.track.id, mid);
     let selfLevel = 0;
@@ -883,6 +906,7 @@ export class CallMedia {
           packetsLost: num(s['packetsLost']),
           jitter: num(s['jitter']),
           audioLevel: num(s['audioLevel']),
+          bytesReceived: num(s['bytesReceived']),
         });
       } else if (s['type'] === 'media-source' && s['kind'] === 'audio') {
         // Our microphone (the screen's audio does not make us the speaker).
@@ -912,6 +936,7 @@ export class CallMedia {
       this.quality.set(p.id, q);
     }
     this.prevInbound = new Map([...inbound].map(([mid, c]) => [mid, { packetsReceived: c.packetsReceived, packetsLost: c.packetsLost, jitter: c.jitter }]));
+    this.watchTransforms(inbound);
 
     // Ours: what the SFU reports back about our streams (RTCP receiver reports).
     if (this.pc.connectionState !== 'connected') this.selfQuality = 'connecting';

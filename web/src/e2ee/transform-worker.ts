@@ -295,6 +295,9 @@ scope.addEventListener('rtctransform', (ev) => {
   const opts = parseOptions(transformer.options);
   // Senders by source (their mid is not known when the transform is made), receivers by mid.
   const key = opts ? `${opts.side}:${opts.side === 'send' ? (opts.source ?? '?') : (opts.mid ?? '?')}` : 'invalid';
+  // Listed from the start, at 0: a transform that never sees a frame shows as such.
+  counts.byTransceiver[key] ??= 0;
+  dirty = true;
   const stream = new TransformStream<EncodedFrame, EncodedFrame>({
     async transform(frame, controller) {
       let out: EncodedFrame | null = null;

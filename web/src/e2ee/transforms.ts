@@ -72,6 +72,12 @@ export class FrameTransforms {
     receiver.transform = this.transform({ side: 'receive', kind, source, mid });
   }
 
+  /** Replaces the receiver's transform with a fresh one (see call/transform-watch.ts). */
+  restartReceiver(receiver: RTCRtpReceiver, mid: string, source: Source | null): void {
+    const kind = receiver.track.kind === 'audio' ? 'audio' : 'video';
+    receiver.transform = this.transform({ side: 'receive', kind, source, mid });
+  }
+
   close(): void {
     this.worker.terminate();
   }
