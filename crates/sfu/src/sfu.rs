@@ -297,6 +297,8 @@ struct TrackOut {
     timeline: Timeline,
     /// (publisher's payload type, ours) for the last payload type forwarded.
     pt: Option<(Pt, Pt)>,
+    /// Whether its send stream is left out of str0m's pacing (set at the first write).
+    unpaced: Option<bool>,
     frames: u64,
     packets: u64,
 }
@@ -1443,6 +1445,16 @@ impl Sfu {
                 self.counters.write_errors += 1;
                 continue;
             };
+            // Only a stream whose layer follows the subscriber's estimate is paced to it. A
+            // single-layer video cannot go slower than its publisher sends: pacing it to an
+            // estimate below that rate only queues it (hundreds of milliseconds once the
+            // estimate dips under load), so it leaves as it came, in the publisher's own
+            // pacing. Audio is never paced (str0m's default).
+            let unpaced = t.kind == MediaKind::Audio || !simulcast;
+            if t.unpaced != Some(unpaced) {
+                tx.set_unpaced(unpaced);
+                t.unpaced = Some(unpaced);
+            }
             tx.write_rtp(write);
             t.packets += 1;
             if t.kind == MediaKind::Audio || packet.header.marker {
@@ -1563,6 +1575,7 @@ impl TrackOut {
             target: None,
             timeline: Timeline::default(),
             pt: None,
+            unpaced: None,
             frames: 0,
             packets: 0,
         }

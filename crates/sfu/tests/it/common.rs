@@ -361,8 +361,13 @@ pub struct World {
 
 impl World {
     pub fn new(seed: u64) -> Self {
+        Self::with_config(seed, SfuConfig::new(vec![sfu_addr()]))
+    }
+
+    /// A world whose SFU has `config` (its host candidates should be [`sfu_addr`]).
+    pub fn with_config(seed: u64, config: SfuConfig) -> Self {
         let now = Instant::now();
-        let sfu = Sfu::new(SfuConfig::new(vec![sfu_addr()])).expect("valid config");
+        let sfu = Sfu::new(config).expect("valid config");
         World {
             now,
             start: now,

@@ -485,9 +485,11 @@ impl Streams {
         }
 
         self.mids_to_report.clear(); // Clear for checking StreamRx.
-        for stream in self.streams_rx.values().filter(|_| report_due) {
-            if stream.need_rr(now, intervals) {
-                self.mids_to_report.push(stream.mid());
+        if report_due {
+            for stream in self.streams_rx.values() {
+                if stream.need_rr(now, intervals) {
+                    self.mids_to_report.push(stream.mid());
+                }
             }
         }
         // sealroom: receiver reports are created below, so their next times move.
@@ -512,9 +514,11 @@ impl Streams {
         }
 
         self.mids_to_report.clear(); // start over for StreamTx.
-        for stream in self.streams_tx.values().filter(|_| report_due) {
-            if stream.need_sr(now, intervals) {
-                self.mids_to_report.push(stream.mid());
+        if report_due {
+            for stream in self.streams_tx.values() {
+                if stream.need_sr(now, intervals) {
+                    self.mids_to_report.push(stream.mid());
+                }
             }
         }
         let mut kind_unknown = false;
