@@ -21,9 +21,19 @@ fn three_party_media_flows_through_five_percent_loss() {
     for _ in 0..n {
         w.join(AV);
     }
-    w.run_for(Duration::from_secs(5));
+    // DTLS retransmits a lost flight after 1 s, then 2 s, then 4 s: a flight of several
+    // datagrams lost twice at 5 % each is rare but not negligible (it failed a CI run at 5 s).
+    for _ in 0..15 {
+        if (0..n).all(|i| w.client(i).connected) {
+            break;
+        }
+        w.run_for(Duration::from_secs(1));
+    }
     for i in 0..n {
-        assert!(w.client(i).connected, "client {i} connected under loss");
+        assert!(
+            w.client(i).connected,
+            "client {i} connected under loss within 15 s"
+        );
     }
     let mut last: std::collections::HashMap<(usize, usize), u64> = Default::default();
     let mut sent_video = 0u64;
