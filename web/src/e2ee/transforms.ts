@@ -67,13 +67,11 @@ export class FrameTransforms {
 
   /** Every frame this receiver depacketises goes through the worker before decoding. */
   attachReceiver(receiver: RTCRtpReceiver, mid: string | null, source: Source | null): void {
-    if (receiver.transform) return;
-    const kind = receiver.track.kind === 'audio' ? 'audio' : 'video';
-    receiver.transform = this.transform({ side: 'receive', kind, source, mid });
+    if (!receiver.transform) this.restartReceiver(receiver, mid, source);
   }
 
-  /** Replaces the receiver's transform with a fresh one (see call/transform-watch.ts). */
-  restartReceiver(receiver: RTCRtpReceiver, mid: string, source: Source | null): void {
+  /** Gives the receiver a fresh transform, replacing any it has (see call/transform-watch.ts). */
+  restartReceiver(receiver: RTCRtpReceiver, mid: string | null, source: Source | null): void {
     const kind = receiver.track.kind === 'audio' ? 'audio' : 'video';
     receiver.transform = this.transform({ side: 'receive', kind, source, mid });
   }
