@@ -59,7 +59,12 @@ export async function mediaDump(page) {
     report.forEach((r) => {
       if (r.type === 'codec') payloadTypes.set(r.id, `${r.payloadType} ${r.mimeType}`);
     });
+    const outboundRtp = [];
     report.forEach((r) => {
+      if (r.type === 'outbound-rtp') {
+        const { mid, kind, rid, ssrc, packetsSent, bytesSent, framesEncoded } = r;
+        outboundRtp.push({ mid, kind, rid, ssrc, packetsSent, bytesSent, framesEncoded });
+      }
       if (r.type === 'inbound-rtp') {
         const { mid, kind, ssrc, packetsReceived, packetsLost, bytesReceived, headerBytesReceived, framesReceived, framesDecoded, keyFramesDecoded, pliCount, nackCount, firCount } = r;
         // bytesReceived counts payload only: packets without it are padding.
@@ -79,6 +84,7 @@ export async function mediaDump(page) {
       transceivers: s.pc.getTransceivers().map((t) => ({ mid: t.mid, direction: t.direction, current: t.currentDirection, track: t.receiver.track?.readyState })),
       tracks: s.tracks,
       inbound: inboundRtp,
+      outbound: outboundRtp,
       remote,
       frames: s.transformFrames,
       events: s.events,

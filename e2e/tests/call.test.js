@@ -169,6 +169,23 @@ test('three-way call: everyone decodes everyone; mute stops packets; leave drops
           });
           log(`share ${round}: ${label} decodes admin's screen (${scr.framesDecoded} frames)`);
         }
+        if (round === 2) {
+          // The mend for a screen sender whose transform gets no frames (transform-watch.ts):
+          // fresh transceivers for the same tracks, in one renegotiation. The others must decode
+          // the screen from the new m-line.
+          const before = Object.fromEntries(await Promise.all([['bob', B.page], ['carol', C.page]].map(async ([label, page]) => [label, streamOf(await inbound(page), ids.admin, 'screen').mid])));
+          await A.page.evaluate(() => window.__sealroom.renewScreenSenders());
+          for (const [label, page] of [['bob', B.page], ['carol', C.page]]) {
+            const scr = await waitUntil(`${label} decodes admin's renewed screen`, async () => {
+              const st = streamOf(await inbound(page), ids.admin, 'screen');
+              return st && st.mid !== before[label] && st.framesDecoded > 0 ? st : null;
+            }).catch(async (e) => {
+              for (const [who, p] of [[label, page], ['admin', A.page]]) log(`renewed share: ${who} media: ${JSON.stringify(await mediaDump(p))}`);
+              throw e;
+            });
+            log(`share ${round}, renewed senders: ${label} decodes admin's screen on mid ${scr.mid} (was ${before[label]}; ${scr.framesDecoded} frames)`);
+          }
+        }
         if (round === 1) {
           await A.page.screenshot({ path: path.join(REPO_DIR, 'docs/screenshots/call-screen-share.png'), fullPage: false }).catch(() => {});
         }
@@ -179,11 +196,11 @@ test('three-way call: everyone decodes everyone; mute stops packets; leave drops
           await waitUntil('screen track withdrawn', async () => !(await page.evaluate((id) => window.__sealroom.tracks.some((t) => t.participant_id === id && t.source === 'screen'), ids.admin)));
         }
       }
-      // Receiver transforms the page had to replace (web/src/call/transform-watch.ts), for the log.
-      for (const [label, page] of [['bob', B.page], ['carol', C.page]]) {
-        const { events, byMid } = await page.evaluate(() => ({ events: window.__sealroom.events, byMid: window.__sealroom.transformFrames.sframe.byMid }));
+      // Transforms the page had to restart (web/src/call/transform-watch.ts), for the log.
+      for (const [label, page] of [['admin', A.page], ['bob', B.page], ['carol', C.page]]) {
+        const { events, seen } = await page.evaluate(() => ({ events: window.__sealroom.events, seen: window.__sealroom.transformFrames.byTransceiver }));
         const notes = events.filter(([, what]) => what.startsWith('transform '));
-        if (notes.length > 0) log(`${label}: ${JSON.stringify(notes)}; the worker's frames of those mids now: ${JSON.stringify(notes.map(([, what]) => byMid[/^transform \S+ ([^\s:]+)/.exec(what)?.[1]] ?? null))}`);
+        if (notes.length > 0) log(`${label}: ${JSON.stringify(notes)}; the worker's frames now: ${JSON.stringify(seen)}`);
       }
       if (process.env.E2E_CALL_DEBUG) for (const [label, page] of [['admin', A.page], ['bob', B.page]]) log(`${label} media: ${JSON.stringify(await mediaDump(page), null, 1)}`);
       // The camera and microphone of admin still arrive after all that renegotiation.

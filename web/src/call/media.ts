@@ -19,7 +19,7 @@ import { FrameTransforms } from '../e2ee/transforms';
 import { MAX_WS_MESSAGE, type ClientMsg, type Level, type MediaSource, type Participant, type RemoteTrack, type Source } from '../proto';
 import { metadataPolicy, mlines } from './sdp';
 import { rate, rateInterval, SpeakerTracker, type InboundCounters, type Quality } from './quality';
-import { TransformWatch } from './transform-watch';
+import { TransformWatch, type TransformSample } from './transform-watch';
 
 /** Host candidates of the ICE-lite SFU only: never a STUN or TURN server (DESIGN.md T8). */
 const PC_CONFIG: RTCConfiguration = { iceServers: [], bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' };
@@ -86,6 +86,8 @@ export interface SealroomDebug {
   iceRestarts: number;
   /** Starts an ICE restart as if the connection had failed. */
   restartIce(): void;
+  /** Renews the screen's senders, as the transform watch does when one gets no frames. */
+  renewScreenSenders(): Promise<void>;
   /** The last signaling steps, for diagnosis: `[ms since start, what]`. */
   events: [number, string][];
   /** Set by the meeting page: drops the signaling socket as a lost network would. */
@@ -170,6 +172,7 @@ export class CallMedia {
   camTrack: MediaStreamTrack | null = null;
   screenTrack: MediaStreamTrack | null = null;
   private screenAudioTrack: MediaStreamTrack | null = null;
+  private screenStream: MediaStream | null = null;
   private readonly mic: RTCRtpTransceiver;
   private readonly cam: RTCRtpTransceiver;
   private screenTx: RTCRtpTransceiver[] = [];
@@ -256,6 +259,7 @@ export class CallMedia {
         return self.iceRestarts;
       },
       restartIce: () => this.restartIce(),
+      renewScreenSenders: () => this.renewScreenSenders(),
       events: this.events,
     };
   }
@@ -821,21 +825,42 @@ export class CallMedia {
       video.contentHint = 'detail';
       // The browser's own "stop sharing" ends the track.
       video.addEventListener('ended', () => void this.stopScreen());
-      const vt = this.addSender('video', video, 'screen', {
-        direction: 'sendonly',
-        streams: [stream],
-        sendEncodings: [{ maxBitrate: 1_000_000, maxFramerate: 15 }],
-      });
-      this.screenTx = [vt];
       this.screenTrack = video;
-      const audio = stream.getAudioTracks()[0];
-      if (audio) {
-        const at = this.addSender('audio', audio, 'screen_audio', { direction: 'sendonly', streams: [stream] });
-        this.screenTx.push(at);
-        this.screenAudioTrack = audio;
-      }
+      this.screenAudioTrack = stream.getAudioTracks()[0] ?? null;
+      this.screenStream = stream;
+      this.addScreenSenders();
       this.local.screen = true;
       this.sendState();
+      this.requestOffer(false);
+    });
+  }
+
+  /** The screen's sending transceivers for its current tracks, each with its transform. */
+  private addScreenSenders(): void {
+    if (!this.screenTrack || !this.screenStream) return;
+    const streams = [this.screenStream];
+    this.screenTx = [this.addSender('video', this.screenTrack, 'screen', { direction: 'sendonly', streams, sendEncodings: [{ maxBitrate: 1_000_000, maxFramerate: 15 }] })];
+    if (this.screenAudioTrack) this.screenTx.push(this.addSender('audio', this.screenAudioTrack, 'screen_audio', { direction: 'sendonly', streams }));
+  }
+
+  /** Stops the screen's transceivers (not its tracks). */
+  private removeScreenSenders(): void {
+    for (const t of this.screenTx) {
+      this.sending.delete(t);
+      if (!isStopped(t)) t.stop();
+    }
+    this.screenTx = [];
+  }
+
+  /**
+   * The screen share goes on over fresh transceivers with fresh transforms (same tracks), in one
+   * renegotiation: the mend for a sender transform that gets no frames (transform-watch.ts).
+   */
+  renewScreenSenders(): Promise<void> {
+    return this.device(async () => {
+      if (!this.local.screen || this.closed) return;
+      this.removeScreenSenders();
+      this.addScreenSenders();
       this.requestOffer(false);
     });
   }
@@ -843,15 +868,12 @@ export class CallMedia {
   stopScreen(): Promise<void> {
     return this.device(async () => {
       if (!this.local.screen) return;
-      for (const t of this.screenTx) {
-        this.sending.delete(t);
-        if (!isStopped(t)) t.stop();
-      }
-      this.screenTx = [];
+      this.removeScreenSenders();
       this.screenTrack?.stop();
       this.screenAudioTrack?.stop();
       this.screenTrack = null;
       this.screenAudioTrack = null;
+      this.screenStream = null;
       this.local.screen = false;
       this.sendState();
       this.requestOffer(false);
@@ -861,21 +883,41 @@ export class CallMedia {
   // ------------------------------------------------------------------------------------------
   // Statistics: quality per participant, active speaker, stuck receiver transforms
 
-  /** A receiver whose payload arrives but whose frames never reach the worker gets a fresh transform. */
-  private watchTransforms(inbound: Map<string, { bytesReceived: number }>): void {
-    const byMid = this.transforms.counts.sframe.byMid;
-    const samples = [...this.remote.keys()].flatMap((mid) => {
+  /**
+   * A receiver whose payload arrives, or a sender whose encoder produces frames, while no frame
+   * reaches its transform gets a fresh transform (transform-watch.ts). `encoded`: frames encoded
+   * per sending mid.
+   */
+  private watchTransforms(inbound: Map<string, { bytesReceived: number }>, encoded: Map<string, number>): void {
+    const seen = this.transforms.counts.byTransceiver;
+    const samples: TransformSample[] = [];
+    for (const mid of this.remote.keys()) {
       const c = inbound.get(mid);
-      return c ? [{ mid, bytesReceived: c.bytesReceived, workerFrames: byMid[mid]?.received ?? 0 }] : [];
-    });
+      if (c) samples.push({ key: `receive:${mid}`, input: c.bytesReceived, workerFrames: seen[`receive:${mid}`] ?? 0 });
+    }
+    for (const [t, source] of this.sending) {
+      // Listed while its mid is not yet negotiated too, so that its restarts are not forgotten
+      // across a renewal; audio senders (no frame count) never count as fed.
+      const n = t.mid === null ? 0 : (encoded.get(t.mid) ?? 0);
+      if (!isStopped(t)) samples.push({ key: `send:${source}`, input: n, workerFrames: seen[`send:${source}`] ?? 0 });
+    }
     for (const v of this.transformWatch.sample(performance.now(), samples)) {
-      const r = this.remote.get(v.mid);
-      if (!r) continue;
-      if (v.action === 'restart') {
-        this.transforms.restartReceiver(r.transceiver.receiver, v.mid, this.trackInfo(v.mid)?.source ?? null);
-        this.note(`transform restarted ${v.mid} (${v.attempt})`);
+      if (v.action === 'give_up') {
+        this.note(`transform stuck ${v.key}: given up`);
+        continue;
+      }
+      const [side, id] = [v.key.slice(0, v.key.indexOf(':')), v.key.slice(v.key.indexOf(':') + 1)];
+      if (side === 'receive') {
+        const r = this.remote.get(id);
+        if (!r) continue;
+        this.transforms.restartReceiver(r.transceiver.receiver, id, this.trackInfo(id)?.source ?? null);
+        this.note(`transform restarted ${id} (${v.attempt})`);
+      } else if (id === 'screen' || id === 'screen_audio') {
+        void this.renewScreenSenders();
+        this.note(`transform restarted ${v.key}: screen senders renewed (${v.attempt})`);
       } else {
-        this.note(`transform stuck ${v.mid}: given up`);
+        // Microphone and camera transforms are attached before the first offer; not seen stuck.
+        this.note(`transform stuck ${v.key}: not mended`);
       }
     }
   }
@@ -890,6 +932,7 @@ export class CallMedia {
     }
     if (this.closed) return;
     const inbound = new Map<string, InboundCounters & { kind: string; audioLevel: number; bytesReceived: number }>();
+    const encoded = new Map<string, number>();
     const byTrackId = new Map<string, string>();
     for (const [mid, r] of this.remote) byTrackId.set(r.track.id, mid);
     let selfLevel = 0;
@@ -908,6 +951,9 @@ export class CallMedia {
           audioLevel: num(s['audioLevel']),
           bytesReceived: num(s['bytesReceived']),
         });
+      } else if (s['type'] === 'outbound-rtp' && typeof s['mid'] === 'string' && typeof s['framesEncoded'] === 'number') {
+        // Video only (audio has no frame count); a simulcast sender has one per layer.
+        encoded.set(s['mid'], (encoded.get(s['mid']) ?? 0) + s['framesEncoded']);
       } else if (s['type'] === 'media-source' && s['kind'] === 'audio') {
         // Our microphone (the screen's audio does not make us the speaker).
         if (s['trackIdentifier'] === this.micTrack?.id) selfLevel = num(s['audioLevel']);
@@ -936,7 +982,7 @@ export class CallMedia {
       this.quality.set(p.id, q);
     }
     this.prevInbound = new Map([...inbound].map(([mid, c]) => [mid, { packetsReceived: c.packetsReceived, packetsLost: c.packetsLost, jitter: c.jitter }]));
-    this.watchTransforms(inbound);
+    this.watchTransforms(inbound, encoded);
 
     // Ours: what the SFU reports back about our streams (RTCP receiver reports).
     if (this.pc.connectionState !== 'connected') this.selfQuality = 'connecting';

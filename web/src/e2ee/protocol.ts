@@ -200,11 +200,12 @@ export interface SframeStats {
   timing: Record<'audio' | 'video', SframeTiming>;
 }
 
-/** Counts per side, and per `send:<source>` / `receive:<mid>`. */
+/** Frames passed on per side, frames dropped, and per transform key. */
 export interface FrameCounts {
   send: number;
   receive: number;
   dropped: number;
+  /** Frames that reached a transform (passed on or dropped), per `send:<source>` / `receive:<mid>`. */
   byTransceiver: Record<string, number>;
   sframe: SframeStats;
 }

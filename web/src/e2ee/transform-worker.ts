@@ -313,11 +313,12 @@ scope.addEventListener('rtctransform', (ev) => {
       } catch {
         out = null;
       }
+      // Every frame that reached this transform, passed on or not (call/transform-watch.ts).
+      counts.byTransceiver[key] = (counts.byTransceiver[key] ?? 0) + 1;
       if (out === null || opts === null) {
         counts.dropped += 1;
       } else {
         counts[opts.side] += 1;
-        counts.byTransceiver[key] = (counts.byTransceiver[key] ?? 0) + 1;
         controller.enqueue(out);
       }
       dirty = true;
