@@ -445,10 +445,15 @@ fn due_timers_run_inside_the_core_instead_of_bouncing_to_the_caller() {
 /// lossless network. In virtual time every run does exactly the same work, so an instruction
 /// count of `Sfu::*` compares two builds where this machine's wall clock cannot. Ignored in the
 /// normal run (it is slow under a debug build); it still checks that every pair receives media.
+/// `WORKLOAD_N` sets another meeting size, for a heap profile (`valgrind --tool=massif`) of how
+/// the SFU's memory grows with the meeting.
 #[test]
 #[ignore = "a profiling workload: cargo test --release -p sealroom-sfu --test it -- --ignored"]
 fn workload_eight_party_call_for_instruction_counts() {
-    let n = 8;
+    let n: usize = std::env::var("WORKLOAD_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
     let mut w = World::new(seed("workload"));
     for _ in 0..n {
         w.join(AV);

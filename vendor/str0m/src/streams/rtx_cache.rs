@@ -1,8 +1,11 @@
 use std::time::Duration;
 use std::time::Instant;
 
+use std::sync::Arc;
+
 use crate::io::DATAGRAM_MAX_PACKET_SIZE;
-use crate::rtp_::SeqNo;
+use crate::packet::Vp8Patch;
+use crate::rtp_::{ExtensionValues, MediaTime, Mid, Pt, Rid, RtpHeader, SenderInfo, SeqNo, Ssrc};
 
 use super::RtpPacket;
 use super::rtx_cache_buf::EvictingBuffer;
@@ -13,12 +16,174 @@ const RTX_CACHE_QUANTIZE_SLOTS: usize = DATAGRAM_MAX_PACKET_SIZE / RTX_CACHE_SIZ
 #[derive(Debug)]
 pub(crate) struct RtxCache {
     // Data, new additions here probably need to be cleared in [`clear`].
-    packet_by_seq_no: EvictingBuffer<RtpPacket>,
+    packet_by_seq_no: EvictingBuffer<CachedPacket>,
 
     // Technically we want [Option<SeqNo>; X] to indicate the absence of
     // a SeqNo. However We can half the storage space by using the sentinel
     // values SeqNo::MAX to indicate None
     seq_no_by_quantized_size: [SeqNo; RTX_CACHE_QUANTIZE_SLOTS],
+
+    /// The packet last handed out for a resend, rebuilt from its cached form (made on the
+    /// first resend: most streams of an SFU session never resend).
+    scratch: Option<Box<RtpPacket>>,
+}
+
+/// A sent packet as the cache keeps it: an [`RtpPacket`] is 408 bytes, mostly header
+/// extension values and CSRCs that are nearly always unset, and a stream holds about a second
+/// of its packets. This keeps the header's fixed fields, MID and RID inline, and the rest only
+/// when set. `into_packet` gives back the packet it was made from, equal in every field.
+#[derive(Debug)]
+struct CachedPacket {
+    seq_no: SeqNo,
+    time: MediaTime,
+    timestamp: Instant,
+    payload: Arc<[u8]>,
+    vp8_patch: Option<Vp8Patch>,
+    version: u8,
+    has_padding: bool,
+    has_extension: bool,
+    marker: bool,
+    nackable: bool,
+    payload_type: Pt,
+    sequence_number: u16,
+    rtp_time: u32,
+    ssrc: Ssrc,
+    header_len: u16,
+    mid: Option<Mid>,
+    rid: Option<Rid>,
+    /// CSRCs, the other extension values and the sender info, when any is set.
+    rest: Option<Box<Rest>>,
+}
+
+#[derive(Debug)]
+struct Rest {
+    header_len: usize,
+    csrc_count: usize,
+    csrc: [u32; 15],
+    /// With `mid` and `rid` taken out (kept inline).
+    ext_vals: ExtensionValues,
+    last_sender_info: Option<SenderInfo>,
+}
+
+impl CachedPacket {
+    fn new(p: RtpPacket) -> Self {
+        let RtpPacket {
+            seq_no,
+            time,
+            header,
+            payload,
+            vp8_patch,
+            timestamp,
+            last_sender_info,
+            nackable,
+        } = p;
+        let RtpHeader {
+            version,
+            has_padding,
+            has_extension,
+            csrc_count,
+            marker,
+            payload_type,
+            sequence_number,
+            timestamp: rtp_time,
+            ssrc,
+            csrc,
+            mut ext_vals,
+            header_len,
+        } = header;
+        let mid = ext_vals.mid.take();
+        let rid = ext_vals.rid.take();
+        let header_len_small = u16::try_from(header_len).ok();
+        let rest = (csrc_count != 0
+            || csrc != [0; 15]
+            || ext_vals != ExtensionValues::default()
+            || last_sender_info.is_some()
+            || header_len_small.is_none())
+        .then(|| {
+            Box::new(Rest {
+                header_len,
+                csrc_count,
+                csrc,
+                ext_vals,
+                last_sender_info,
+            })
+        });
+        CachedPacket {
+            seq_no,
+            time,
+            timestamp,
+            payload,
+            vp8_patch,
+            version,
+            has_padding,
+            has_extension,
+            marker,
+            nackable,
+            payload_type,
+            sequence_number,
+            rtp_time,
+            ssrc,
+            // Used when there is no `rest` (which is there when it does not fit).
+            header_len: header_len_small.unwrap_or(0),
+            mid,
+            rid,
+            rest,
+        }
+    }
+
+    /// Rebuilds the packet in `into` (reusing its storage).
+    fn fill(&self, into: &mut RtpPacket) {
+        let (csrc_count, csrc, mut ext_vals, last_sender_info, header_len) = match &self.rest {
+            Some(r) => (
+                r.csrc_count,
+                r.csrc,
+                r.ext_vals.clone(),
+                r.last_sender_info,
+                r.header_len,
+            ),
+            None => (
+                0,
+                [0; 15],
+                ExtensionValues::default(),
+                None,
+                self.header_len as usize,
+            ),
+        };
+        ext_vals.mid = self.mid;
+        ext_vals.rid = self.rid;
+        *into = RtpPacket {
+            seq_no: self.seq_no,
+            time: self.time,
+            header: RtpHeader {
+                version: self.version,
+                has_padding: self.has_padding,
+                has_extension: self.has_extension,
+                csrc_count,
+                marker: self.marker,
+                payload_type: self.payload_type,
+                sequence_number: self.sequence_number,
+                timestamp: self.rtp_time,
+                ssrc: self.ssrc,
+                csrc,
+                ext_vals,
+                header_len,
+            },
+            payload: self.payload.clone(),
+            vp8_patch: self.vp8_patch,
+            timestamp: self.timestamp,
+            last_sender_info,
+            nackable: self.nackable,
+        };
+    }
+
+    /// Takes back what a resend changed in the rebuilt packet (`poll_packet` sets MID and RID
+    /// on the cached header while the remote has not acknowledged the SSRC).
+    fn update_from(&mut self, p: &RtpPacket) {
+        self.mid = p.header.ext_vals.mid;
+        self.rid = p.header.ext_vals.rid;
+        self.nackable = p.nackable;
+        self.time = p.time;
+    }
 }
 
 impl RtxCache {
@@ -26,6 +191,7 @@ impl RtxCache {
         Self {
             packet_by_seq_no: EvictingBuffer::new(10, max_packet_age, max_packet_count),
             seq_no_by_quantized_size: [SeqNo::MAX; RTX_CACHE_QUANTIZE_SLOTS],
+            scratch: None,
         }
     }
 
@@ -33,7 +199,8 @@ impl RtxCache {
         assert!(packet.nackable);
         let seq_no = packet.seq_no;
         let quantized_size = packet.payload.len() / RTX_CACHE_SIZE_QUANTIZER;
-        self.packet_by_seq_no.push(*seq_no, now, packet);
+        self.packet_by_seq_no
+            .push(*seq_no, now, CachedPacket::new(packet));
         self.seq_no_by_quantized_size[quantized_size] = seq_no;
         self.remove_old_packets(now);
     }
@@ -42,8 +209,31 @@ impl RtxCache {
         Some(self.packet_by_seq_no.last_position()?.into())
     }
 
+    /// The payload size of a cached packet, without rebuilding it.
+    pub fn cached_payload_len(&self, seq_no: SeqNo) -> Option<usize> {
+        Some(self.packet_by_seq_no.get(*seq_no)?.payload.len())
+    }
+
+    /// The cached packet, rebuilt. Changes to it reach the cache only through
+    /// [`RtxCache::write_back`].
     pub fn get_cached_packet_by_seq_no(&mut self, seq_no: SeqNo) -> Option<&mut RtpPacket> {
-        self.packet_by_seq_no.get_mut(*seq_no)
+        let cached = self.packet_by_seq_no.get(*seq_no)?;
+        let scratch = self
+            .scratch
+            .get_or_insert_with(|| Box::new(RtpPacket::blank()));
+        cached.fill(scratch);
+        Some(scratch)
+    }
+
+    /// Keeps what the sender changed in the packet last handed out (its MID, RID, time and
+    /// whether it can be nacked), as it would have changed a packet kept whole.
+    pub fn write_back(&mut self) {
+        let Some(scratch) = &self.scratch else {
+            return;
+        };
+        if let Some(cached) = self.packet_by_seq_no.get_mut(*scratch.seq_no) {
+            cached.update_from(scratch);
+        }
     }
 
     pub fn get_cached_packet_smaller_than(&mut self, max_size: usize) -> Option<&mut RtpPacket> {
@@ -94,6 +284,137 @@ mod test {
             timestamp: after(now, millis),
             last_sender_info: None,
             nackable: true,
+        }
+    }
+
+    /// A packet with every field set, unlike any the SFU sends.
+    fn full_packet(now: Instant, seq_no: u64) -> RtpPacket {
+        use crate::packet::Vp8Descriptor;
+        use crate::rtp_::{ExtensionValues, VideoOrientation};
+        let payload: Arc<[u8]> = vec![0x90, 0xf0, 0x92, 0x34, 0x55, 0xa7, 0x00, 1, 2, 3].into();
+        let vp8_patch = Vp8Descriptor::parse(&payload)
+            .expect("descriptor")
+            .patch()
+            .picture_id(0x1234)
+            .tl0_pic_idx(7)
+            .build()
+            .expect("patch");
+        let mut csrc = [0; 15];
+        csrc[0] = 0x1111;
+        csrc[1] = 0x2222;
+        RtpPacket {
+            seq_no: seq_no.into(),
+            time: MediaTime::from_90khz(123_456),
+            header: RtpHeader {
+                version: 2,
+                has_padding: false,
+                has_extension: true,
+                csrc_count: 2,
+                marker: true,
+                payload_type: 96.into(),
+                sequence_number: seq_no as u16,
+                timestamp: 987_654,
+                ssrc: 0xabcd.into(),
+                csrc,
+                ext_vals: ExtensionValues {
+                    audio_level: Some(-30),
+                    video_orientation: Some(VideoOrientation::Deg90),
+                    transport_cc: Some(77),
+                    abs_send_time: Some(now),
+                    mid: Some("v1".into()),
+                    rid: Some("h".into()),
+                    ..Default::default()
+                },
+                header_len: 44,
+            },
+            payload,
+            vp8_patch: Some(vp8_patch),
+            timestamp: after(now, 5),
+            last_sender_info: Some(SenderInfo {
+                ssrc: 0xabcd.into(),
+                ntp_time: std::time::SystemTime::UNIX_EPOCH,
+                rtp_time: MediaTime::from_90khz(1),
+                sender_packet_count: 3,
+                sender_octet_count: 4,
+            }),
+            nackable: true,
+        }
+    }
+
+    #[test]
+    fn a_cached_packet_comes_back_equal_in_every_field() {
+        let now = Instant::now();
+        let mut rtx_cache = RtxCache::new(10, Duration::from_secs(3));
+        // Every field set (the rest kept aside), and the SFU's usual packet (all inline).
+        let mut usual = packet(now, 2, 20);
+        usual.header.ext_vals.mid = Some("v1".into());
+        usual.header.payload_type = 96.into();
+        usual.header.header_len = 24;
+        rtx_cache.cache_sent_packet(full_packet(now, 1), after(now, 10));
+        rtx_cache.cache_sent_packet(packet_clone(&usual), after(now, 20));
+        assert!(
+            rtx_cache
+                .packet_by_seq_no
+                .get(2)
+                .expect("cached")
+                .rest
+                .is_none()
+        );
+        assert_eq!(
+            Some(&mut full_packet(now, 1)),
+            rtx_cache.get_cached_packet_by_seq_no(1.into())
+        );
+        assert_eq!(
+            Some(&mut usual),
+            rtx_cache.get_cached_packet_by_seq_no(2.into())
+        );
+        assert_eq!(Some(10), rtx_cache.cached_payload_len(1.into()));
+        // Asking again after another packet was rebuilt gives the same.
+        assert_eq!(
+            Some(&mut full_packet(now, 1)),
+            rtx_cache.get_cached_packet_by_seq_no(1.into())
+        );
+    }
+
+    #[test]
+    fn a_change_to_a_handed_out_packet_is_kept_when_written_back() {
+        let now = Instant::now();
+        let mut rtx_cache = RtxCache::new(10, Duration::from_secs(3));
+        rtx_cache.cache_sent_packet(packet(now, 1, 10), after(now, 10));
+        let p = rtx_cache
+            .get_cached_packet_by_seq_no(1.into())
+            .expect("cached");
+        p.header.ext_vals.mid = Some("a0".into());
+        rtx_cache.write_back();
+        let p = rtx_cache
+            .get_cached_packet_by_seq_no(1.into())
+            .expect("cached");
+        assert_eq!(p.header.ext_vals.mid, Some("a0".into()));
+    }
+
+    #[test]
+    fn a_cached_packet_is_much_smaller_than_a_packet() {
+        // About a second of every send stream's packets is kept: an SFU session has one
+        // stream per forwarded track, so this is most of its memory in a large meeting.
+        let cached = std::mem::size_of::<CachedPacket>();
+        let whole = std::mem::size_of::<RtpPacket>();
+        println!("cached packet {cached} bytes, whole packet {whole} bytes");
+        assert!(
+            cached * 2 < whole,
+            "cached packet {cached} bytes against {whole} for a whole one"
+        );
+    }
+
+    fn packet_clone(p: &RtpPacket) -> RtpPacket {
+        RtpPacket {
+            seq_no: p.seq_no,
+            time: p.time,
+            header: p.header.clone(),
+            payload: p.payload.clone(),
+            vp8_patch: p.vp8_patch,
+            timestamp: p.timestamp,
+            last_sender_info: p.last_sender_info,
+            nackable: p.nackable,
         }
     }
 

@@ -587,6 +587,7 @@ impl StreamTx {
         };
 
         let pop_send_queue = next.kind == NextPacketKind::Regular;
+        let resent = matches!(next.kind, NextPacketKind::Resend(_));
 
         // Need the header for the receipt and modifications
         // TODO: Can we remove this?
@@ -805,6 +806,11 @@ impl StreamTx {
             self.clock_rate = set_cr;
         }
 
+        if resent {
+            // The packet was rebuilt from the cache: keep what this poll changed in it.
+            self.rtx_cache.write_back();
+        }
+
         if pop_send_queue {
             // poll_packet_regular leaves the packet in the head of the send_queue
             let pkt = self
@@ -871,26 +877,23 @@ impl StreamTx {
             }
         }
 
-        let seq_no = loop {
+        let pkt = loop {
             let resend = self.resends.pop_front()?;
-
-            let pkt = self.rtx_cache.get_cached_packet_by_seq_no(resend.seq_no);
 
             // The seq_no could simply be too old to exist in the buffer, in which
             // case we will not do a resend.
-            let Some(pkt) = pkt else {
+            if self.rtx_cache.cached_payload_len(resend.seq_no).is_none() {
                 continue;
-            };
-
-            // Cached packets must be nackable. This is ensured before adding the
-            // entry to the self.rtx_cache.
-            assert!(pkt.nackable);
-
-            break pkt.seq_no;
+            }
+            break self
+                .rtx_cache
+                .get_cached_packet_by_seq_no(resend.seq_no)
+                .expect("a cached packet");
         };
 
-        // Borrow checker gymnastics.
-        let pkt = self.rtx_cache.get_cached_packet_by_seq_no(seq_no).unwrap();
+        // Cached packets must be nackable. This is ensured before adding the
+        // entry to the self.rtx_cache.
+        assert!(pkt.nackable);
 
         let len = pkt.payload.len() as u64;
         self.stats.update_packet_counts(len, true);
@@ -1069,7 +1072,7 @@ impl StreamTx {
 
         // Schedule all resends. They will be handled on next poll_packet
         for seq_no in iter {
-            let Some(packet) = self.rtx_cache.get_cached_packet_by_seq_no(seq_no) else {
+            let Some(payload_size) = self.rtx_cache.cached_payload_len(seq_no) else {
                 // Packet was not available in RTX cache, it has probably expired.
                 continue;
             };
@@ -1077,7 +1080,7 @@ impl StreamTx {
             let resend = Resend {
                 seq_no,
                 queued_at: now,
-                payload_size: packet.payload.len(),
+                payload_size,
             };
             self.resends.push_back(resend);
         }
