@@ -1192,7 +1192,7 @@ impl Session {
 
         for reports in ReportList::lists_from_iter(self.streams.local_sender_ssrcs()) {
             self.feedback_tx
-                .push_back(Rtcp::Goodbye(Goodbye { reports }));
+                .push_back(Rtcp::Goodbye(Box::new(Goodbye { reports })));
         }
     }
 

@@ -672,14 +672,14 @@ impl StreamRx {
             }
             KeyframeRequestKind::Fir => {
                 self.stats.firs += 1;
-                feedback.push_back(Rtcp::Fir(Fir {
+                feedback.push_back(Rtcp::Fir(Box::new(Fir {
                     sender_ssrc,
                     reports: FirEntry {
                         ssrc,
                         seq_no: self.next_fir_seq_no(),
                     }
                     .into(),
-                }))
+                })))
             }
         }
     }
@@ -736,7 +736,7 @@ impl StreamRx {
             "Created feedback RR/XR ({:?}): {:?} {:?}",
             self.midrid, rr, xr
         );
-        feedback.push_back(Rtcp::ReceiverReport(rr));
+        feedback.push_back(Rtcp::ReceiverReport(Box::new(rr)));
         feedback.push_back(Rtcp::ExtendedReport(xr));
 
         self.last_receiver_report = now;
@@ -849,7 +849,7 @@ impl StreamRx {
             nack.ssrc = self.ssrc;
 
             trace!("Created feedback NACK: {:?}", nack);
-            feedback.push_back(Rtcp::Nack(nack));
+            feedback.push_back(Rtcp::Nack(Box::new(nack)));
             self.stats.nacks += 1;
         }
 

@@ -1096,7 +1096,7 @@ impl StreamTx {
         let sr = self.create_sender_report(now);
 
         trace!("Created feedback SR: {:?}", sr);
-        feedback.push_back(Rtcp::SenderReport(sr));
+        feedback.push_back(Rtcp::SenderReport(Box::new(sr)));
 
         if let Some(ds) = self.create_sdes() {
             feedback.push_back(Rtcp::SourceDescription(ds));

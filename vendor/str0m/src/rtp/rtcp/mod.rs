@@ -65,13 +65,15 @@ pub trait RtcpPacket {
 }
 
 /// RTCP reports handled by str0m.
-#[allow(clippy::large_enum_variant)]
+///
+/// The variants that carry a list of up to 31 report blocks are boxed: a session queues one
+/// report per stream per interval, and an SFU session has one stream per forwarded track.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rtcp {
     /// Sender report. Also known as SR.
-    SenderReport(SenderReport),
+    SenderReport(Box<SenderReport>),
     /// Receiver report. Also known as RR.
-    ReceiverReport(ReceiverReport),
+    ReceiverReport(Box<ReceiverReport>),
     /// Extended  receiver report. Sometimes called XR.
     ///
     /// Always sent together with a receiver report.
@@ -79,13 +81,13 @@ pub enum Rtcp {
     /// Description of Synchronization Sources (senders).
     SourceDescription(Descriptions),
     /// BYE. When a stream is over.
-    Goodbye(Goodbye),
+    Goodbye(Box<Goodbye>),
     /// Reports missing packets.
-    Nack(Nack),
+    Nack(Box<Nack>),
     /// Picture Loss Indiciation. When decoding a picture is not possible.
     Pli(Pli),
     /// Full Intra Request. Complete restart of a video decoder.
-    Fir(Fir),
+    Fir(Box<Fir>),
     /// Transport Wide Congestion Control. Feedback for every received RTP packet.
     Twcc(Twcc),
     /// Receiver Estimated Maximum Bitrate. Feedback to the sender about the maximum bitrate.
@@ -419,10 +421,10 @@ impl<'a> TryFrom<&'a [u8]> for Rtcp {
         let buf = &buf[4..];
 
         Ok(match header.rtcp_type() {
-            RtcpType::SenderReport => Rtcp::SenderReport(buf.try_into()?),
-            RtcpType::ReceiverReport => Rtcp::ReceiverReport(buf.try_into()?),
+            RtcpType::SenderReport => Rtcp::SenderReport(Box::new(buf.try_into()?)),
+            RtcpType::ReceiverReport => Rtcp::ReceiverReport(Box::new(buf.try_into()?)),
             RtcpType::SourceDescription => Rtcp::SourceDescription(buf.try_into()?),
-            RtcpType::Goodbye => Rtcp::Goodbye((header.count(), buf).try_into()?),
+            RtcpType::Goodbye => Rtcp::Goodbye(Box::new((header.count(), buf).try_into()?)),
             RtcpType::ApplicationDefined => return Err("Ignore RTCP type: ApplicationDefined"),
             RtcpType::TransportLayerFeedback => {
                 let tlfb = match header.feedback_message_type() {
@@ -431,7 +433,7 @@ impl<'a> TryFrom<&'a [u8]> for Rtcp {
                 };
 
                 match tlfb {
-                    TransportType::Nack => Rtcp::Nack(buf.try_into()?),
+                    TransportType::Nack => Rtcp::Nack(Box::new(buf.try_into()?)),
                     TransportType::TransportWide => Rtcp::Twcc(buf.try_into()?),
                 }
             }
@@ -447,7 +449,7 @@ impl<'a> TryFrom<&'a [u8]> for Rtcp {
                     PayloadType::ReferencePictureSelectionIndication => {
                         return Err("Ignore PayloadType type: RPSI");
                     }
-                    PayloadType::FullIntraRequest => Rtcp::Fir(buf.try_into()?),
+                    PayloadType::FullIntraRequest => Rtcp::Fir(Box::new(buf.try_into()?)),
                     PayloadType::ApplicationLayer => {
                         if header.rtcp_type() == RtcpType::PayloadSpecificFeedback {
                             if let Ok(remb) = Remb::try_from(buf) {
@@ -487,6 +489,14 @@ mod test {
 
     use super::twcc::{Delta, PacketChunk, PacketStatus};
     use super::*;
+
+    #[test]
+    fn rtcp_is_small_because_report_lists_are_boxed() {
+        // Unboxed, a sender or receiver report made every queued `Rtcp` 1040 bytes.
+        let rtcp = std::mem::size_of::<Rtcp>();
+        println!("Rtcp is {rtcp} bytes");
+        assert!(rtcp <= 96, "Rtcp is {rtcp} bytes");
+    }
 
     #[test]
     fn padding_of_rtcp() {
@@ -625,7 +635,7 @@ mod test {
     }
 
     fn sr(ssrc: u32, ntp_time: SystemTime) -> Rtcp {
-        Rtcp::SenderReport(SenderReport {
+        Rtcp::SenderReport(Box::new(SenderReport {
             sender_info: SenderInfo {
                 ssrc: ssrc.into(),
                 ntp_time,
@@ -634,14 +644,14 @@ mod test {
                 sender_octet_count: 6,
             },
             reports: report(2).into(),
-        })
+        }))
     }
 
     fn rr(ssrc: u32) -> Rtcp {
-        Rtcp::ReceiverReport(ReceiverReport {
+        Rtcp::ReceiverReport(Box::new(ReceiverReport {
             sender_ssrc: 42.into(),
             reports: report(ssrc).into(),
-        })
+        }))
     }
 
     fn report(ssrc: u32) -> ReceptionReport {
