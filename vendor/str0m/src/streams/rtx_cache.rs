@@ -20,8 +20,9 @@ pub(crate) struct RtxCache {
 
     // Technically we want [Option<SeqNo>; X] to indicate the absence of
     // a SeqNo. However We can half the storage space by using the sentinel
-    // values SeqNo::MAX to indicate None
-    seq_no_by_quantized_size: [SeqNo; RTX_CACHE_QUANTIZE_SLOTS],
+    // values SeqNo::MAX to indicate None. Made on the first cached packet (640 bytes that a
+    // stream which never caches, such as audio, does not need).
+    seq_no_by_quantized_size: Option<Box<[SeqNo; RTX_CACHE_QUANTIZE_SLOTS]>>,
 
     /// The packet last handed out for a resend, rebuilt from its cached form (made on the
     /// first resend: most streams of an SFU session never resend).
@@ -190,7 +191,7 @@ impl RtxCache {
     pub fn new(max_packet_count: usize, max_packet_age: Duration) -> Self {
         Self {
             packet_by_seq_no: EvictingBuffer::new(10, max_packet_age, max_packet_count),
-            seq_no_by_quantized_size: [SeqNo::MAX; RTX_CACHE_QUANTIZE_SLOTS],
+            seq_no_by_quantized_size: None,
             scratch: None,
         }
     }
@@ -201,7 +202,9 @@ impl RtxCache {
         let quantized_size = packet.payload.len() / RTX_CACHE_SIZE_QUANTIZER;
         self.packet_by_seq_no
             .push(*seq_no, now, CachedPacket::new(packet));
-        self.seq_no_by_quantized_size[quantized_size] = seq_no;
+        self.seq_no_by_quantized_size
+            .get_or_insert_with(|| Box::new([SeqNo::MAX; RTX_CACHE_QUANTIZE_SLOTS]))
+            [quantized_size] = seq_no;
         self.remove_old_packets(now);
     }
 
@@ -239,7 +242,7 @@ impl RtxCache {
     pub fn get_cached_packet_smaller_than(&mut self, max_size: usize) -> Option<&mut RtpPacket> {
         let quantized_size = max_size / RTX_CACHE_SIZE_QUANTIZER;
 
-        let seq_no = self.seq_no_by_quantized_size[..quantized_size]
+        let seq_no = self.seq_no_by_quantized_size.as_ref()?[..quantized_size]
             .iter()
             .rev()
             .filter(|seq_no| !seq_no.is_max())
@@ -259,7 +262,7 @@ impl RtxCache {
 
     pub(crate) fn clear(&mut self) {
         self.packet_by_seq_no.clear();
-        self.seq_no_by_quantized_size = [SeqNo::MAX; RTX_CACHE_QUANTIZE_SLOTS];
+        self.seq_no_by_quantized_size = None;
     }
 }
 

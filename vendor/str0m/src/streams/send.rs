@@ -138,8 +138,9 @@ pub struct StreamTx {
     /// Requested padding, that has not been turned into packets yet.
     padding: usize,
 
-    /// Dummy packet for resends. Used between poll_packet and poll_packet_padding
-    blank_packet: RtpPacket,
+    /// Dummy packet for resends. Used between poll_packet and poll_packet_padding. Made on
+    /// first use.
+    blank_packet: Option<Box<RtpPacket>>,
 
     /// Cache of sent packets to be able to answer to NACKs as well as
     /// sending spurious resends as padding.
@@ -378,7 +379,7 @@ impl StreamTx {
             unpaced: None,
             resends: VecDeque::new(),
             padding: 0,
-            blank_packet: RtpPacket::blank(),
+            blank_packet: None,
             rtx_cache: RtxCache::new(2000, DEFAULT_RTX_CACHE_DURATION),
             rtx_ratio_cap: DEFAULT_RTX_RATIO_CAP,
             last_sender_report: already_happened(),
@@ -974,7 +975,11 @@ impl StreamTx {
             self.seq_no_rtx.inc()
         };
 
-        let pkt = &mut self.blank_packet;
+        // Made on the first blank padding packet (most streams of an SFU session never pad).
+        // Its header's SSRC is never read: poll_packet sets the probe's or the RTX SSRC.
+        let pkt = self
+            .blank_packet
+            .get_or_insert_with(|| Box::new(RtpPacket::blank()));
         pkt.seq_no = seq_no;
         // Unwrap here is correct because self.padding_enabled() above checks the we got the PT set.
         pkt.header.payload_type = self.pt_for_padding.unwrap();
@@ -1365,7 +1370,9 @@ impl StreamTx {
         self.last_sender_report = already_happened();
 
         // Reset blank packet's SSRC
-        self.blank_packet.header.ssrc = new_ssrc;
+        if let Some(p) = &mut self.blank_packet {
+            p.header.ssrc = new_ssrc;
+        }
 
         // Clear any pending requests
         self.pending_request_keyframe = None;
@@ -1409,6 +1416,16 @@ struct Resend {
 #[cfg(test)]
 mod test {
     use super::*;
+
+    #[test]
+    fn a_send_stream_keeps_what_it_may_never_need_out_of_line() {
+        // An SFU session has one send stream per forwarded track (most never pad, and audio
+        // streams never cache), held in a map with spare slots of the same size: the blank
+        // padding packet (408 bytes) and the cache's size index (640) are made on first use.
+        let size = std::mem::size_of::<StreamTx>();
+        println!("StreamTx is {size} bytes");
+        assert!(size <= 900, "StreamTx is {size} bytes");
+    }
 
     /// Send one packet through a stream's queue, so that it was last sent on at `at`.
     fn emit_at(stream: &mut StreamTx, at: Instant) {
