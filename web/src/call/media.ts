@@ -881,7 +881,7 @@ export class CallMedia {
   }
 
   // ------------------------------------------------------------------------------------------
-  // Statistics: quality per participant, active speaker, stuck receiver transforms
+  // Statistics: quality per participant, active speaker, stuck frame transforms
 
   /**
    * A receiver whose payload arrives, or a sender whose encoder produces frames, while no frame
@@ -891,34 +891,35 @@ export class CallMedia {
   private watchTransforms(inbound: Map<string, { bytesReceived: number }>, encoded: Map<string, number>): void {
     const seen = this.transforms.counts.byTransceiver;
     const samples: TransformSample[] = [];
-    for (const mid of this.remote.keys()) {
+    /** What a restart of each watched transform does; returns the note for the events. */
+    const restart = new Map<string, () => string>();
+    for (const [mid, r] of this.remote) {
       const c = inbound.get(mid);
-      if (c) samples.push({ key: `receive:${mid}`, input: c.bytesReceived, workerFrames: seen[`receive:${mid}`] ?? 0 });
+      if (!c) continue;
+      const key = `receive:${mid}`;
+      samples.push({ key, input: c.bytesReceived, workerFrames: seen[key] ?? 0 });
+      restart.set(key, () => {
+        this.transforms.restartReceiver(r.transceiver.receiver, mid, this.trackInfo(mid)?.source ?? null);
+        return `transform restarted ${mid}`;
+      });
     }
     for (const [t, source] of this.sending) {
+      if (isStopped(t)) continue;
       // Listed while its mid is not yet negotiated too, so that its restarts are not forgotten
       // across a renewal; audio senders (no frame count) never count as fed.
-      const n = t.mid === null ? 0 : (encoded.get(t.mid) ?? 0);
-      if (!isStopped(t)) samples.push({ key: `send:${source}`, input: n, workerFrames: seen[`send:${source}`] ?? 0 });
+      const key = `send:${source}`;
+      samples.push({ key, input: t.mid === null ? 0 : (encoded.get(t.mid) ?? 0), workerFrames: seen[key] ?? 0 });
+      // Microphone and camera transforms are attached before the first offer (not seen stuck).
+      const screen = source === 'screen' || source === 'screen_audio';
+      restart.set(key, () => {
+        if (!screen) return `transform stuck ${key}: not mended`;
+        void this.renewScreenSenders();
+        return `transform restarted ${key}: screen senders renewed`;
+      });
     }
     for (const v of this.transformWatch.sample(performance.now(), samples)) {
-      if (v.action === 'give_up') {
-        this.note(`transform stuck ${v.key}: given up`);
-        continue;
-      }
-      const [side, id] = [v.key.slice(0, v.key.indexOf(':')), v.key.slice(v.key.indexOf(':') + 1)];
-      if (side === 'receive') {
-        const r = this.remote.get(id);
-        if (!r) continue;
-        this.transforms.restartReceiver(r.transceiver.receiver, id, this.trackInfo(id)?.source ?? null);
-        this.note(`transform restarted ${id} (${v.attempt})`);
-      } else if (id === 'screen' || id === 'screen_audio') {
-        void this.renewScreenSenders();
-        this.note(`transform restarted ${v.key}: screen senders renewed (${v.attempt})`);
-      } else {
-        // Microphone and camera transforms are attached before the first offer; not seen stuck.
-        this.note(`transform stuck ${v.key}: not mended`);
-      }
+      if (v.action === 'give_up') this.note(`transform stuck ${v.key}: given up`);
+      else this.note(`${restart.get(v.key)?.() ?? `transform gone ${v.key}`} (${v.attempt})`);
     }
   }
 

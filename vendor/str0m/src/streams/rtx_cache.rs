@@ -32,7 +32,7 @@ pub(crate) struct RtxCache {
 /// A sent packet as the cache keeps it: an [`RtpPacket`] is 408 bytes, mostly header
 /// extension values and CSRCs that are nearly always unset, and a stream holds about a second
 /// of its packets. This keeps the header's fixed fields, MID and RID inline, and the rest only
-/// when set. `into_packet` gives back the packet it was made from, equal in every field.
+/// when set. `fill` gives back the packet it was made from, equal in every field.
 #[derive(Debug)]
 struct CachedPacket {
     seq_no: SeqNo,
@@ -49,7 +49,7 @@ struct CachedPacket {
     sequence_number: u16,
     rtp_time: u32,
     ssrc: Ssrc,
-    header_len: u16,
+    header_len: usize,
     mid: Option<Mid>,
     rid: Option<Rid>,
     /// CSRCs, the other extension values and the sender info, when any is set.
@@ -58,7 +58,6 @@ struct CachedPacket {
 
 #[derive(Debug)]
 struct Rest {
-    header_len: usize,
     csrc_count: usize,
     csrc: [u32; 15],
     /// With `mid` and `rid` taken out (kept inline).
@@ -94,15 +93,12 @@ impl CachedPacket {
         } = header;
         let mid = ext_vals.mid.take();
         let rid = ext_vals.rid.take();
-        let header_len_small = u16::try_from(header_len).ok();
         let rest = (csrc_count != 0
             || csrc != [0; 15]
             || ext_vals != ExtensionValues::default()
-            || last_sender_info.is_some()
-            || header_len_small.is_none())
+            || last_sender_info.is_some())
         .then(|| {
             Box::new(Rest {
-                header_len,
                 csrc_count,
                 csrc,
                 ext_vals,
@@ -124,8 +120,7 @@ impl CachedPacket {
             sequence_number,
             rtp_time,
             ssrc,
-            // Used when there is no `rest` (which is there when it does not fit).
-            header_len: header_len_small.unwrap_or(0),
+            header_len,
             mid,
             rid,
             rest,
@@ -134,21 +129,9 @@ impl CachedPacket {
 
     /// Rebuilds the packet in `into` (reusing its storage).
     fn fill(&self, into: &mut RtpPacket) {
-        let (csrc_count, csrc, mut ext_vals, last_sender_info, header_len) = match &self.rest {
-            Some(r) => (
-                r.csrc_count,
-                r.csrc,
-                r.ext_vals.clone(),
-                r.last_sender_info,
-                r.header_len,
-            ),
-            None => (
-                0,
-                [0; 15],
-                ExtensionValues::default(),
-                None,
-                self.header_len as usize,
-            ),
+        let (csrc_count, csrc, mut ext_vals, last_sender_info) = match &self.rest {
+            Some(r) => (r.csrc_count, r.csrc, r.ext_vals.clone(), r.last_sender_info),
+            None => (0, [0; 15], ExtensionValues::default(), None),
         };
         ext_vals.mid = self.mid;
         ext_vals.rid = self.rid;
@@ -167,7 +150,7 @@ impl CachedPacket {
                 ssrc: self.ssrc,
                 csrc,
                 ext_vals,
-                header_len,
+                header_len: self.header_len,
             },
             payload: self.payload.clone(),
             vp8_patch: self.vp8_patch,

@@ -882,7 +882,8 @@ impl StreamTx {
             let resend = self.resends.pop_front()?;
 
             // The seq_no could simply be too old to exist in the buffer, in which
-            // case we will not do a resend.
+            // case we will not do a resend. (Checked first: a borrow returned from one
+            // branch of a loop cannot be taken again in the next iteration.)
             if self.rtx_cache.cached_payload_len(resend.seq_no).is_none() {
                 continue;
             }
