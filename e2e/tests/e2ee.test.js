@@ -243,7 +243,13 @@ test('without keys: a browser whose transform worker gets no key decodes < 5 % o
       await waitForAgreement('admin and bob', [A.page, B.page], 2);
       assert.equal((await e2eeState(B.page)).status.keysWithheld, true);
       await waitUntil('admin video arrives at bob', async () => (await videoDecodeRatio(B.page)).packets > 200, { timeoutMs: 15_000 });
+      // Video frames that reached bob's transform worker (what the depacketiser assembled): in
+      // Chromium 156 getStats' framesReceived counts only frames the transform passed on, so the
+      // worker's count is the denominator when framesReceived stays 0.
+      const videoMids = new Set((await inbound(B.page)).streams.filter((x) => x.kind === 'video').map((x) => x.mid));
+      const atTransform = (s) => Object.entries(s.sframe.byMid).filter(([mid]) => videoMids.has(mid)).reduce((n, [, m]) => n + m.received, 0);
       const r0 = await videoDecodeRatio(B.page);
+      const arrived0 = atTransform(await e2eeState(B.page));
       await new Promise((r) => setTimeout(r, 4000));
       const r1 = await videoDecodeRatio(B.page);
       const received = r1.received - r0.received;
@@ -251,18 +257,18 @@ test('without keys: a browser whose transform worker gets no key decodes < 5 % o
       const packets = r1.packets - r0.packets;
       const st = await e2eeState(B.page);
       const failed = Object.values(st.sframe.byLeaf).reduce((n, l) => n + Object.values(l.failed).reduce((a, b) => a + b, 0), 0);
-      // Video frames that reached bob's transform worker (what the depacketiser assembled): in
-      // Chromium 156 getStats' framesReceived counts only frames the transform passed on, so the
-      // worker's count is the denominator when framesReceived stays 0.
-      const videoMids = new Set((await inbound(B.page)).streams.filter((x) => x.kind === 'video').map((x) => x.mid));
-      const arrived = Object.entries(st.sframe.byMid).filter(([mid]) => videoMids.has(mid)).reduce((n, [, m]) => n + m.received, 0);
+      const arrived = atTransform(st);
       const denominator = Math.max(r1.received, arrived);
       const ratio = r1.decoded / Math.max(denominator, 1);
       log(
         `without keys: bob decodes ${r1.decoded} of ${denominator} video frames (${(100 * ratio).toFixed(2)} %; getStats framesReceived ${r1.received}, frames at the transform ${arrived}); ` +
-          `in the last 4 s: ${packets} video packets, framesReceived +${received}, framesDecoded +${decoded}; SFrame dropped ${failed} frames ${JSON.stringify(st.sframe.byLeaf)}; PLI sent ${r1.pli}`,
+          `in the last 4 s: ${packets} video packets, ${arrived - arrived0} frames at the transform, framesReceived +${received}, framesDecoded +${decoded}; SFrame dropped ${failed} frames ${JSON.stringify(st.sframe.byLeaf)}; PLI sent ${r1.pli}`,
       );
-      assert.ok(packets > 100, `video keeps arriving at bob (${packets} packets)`);
+      // Video keeps flowing through the window (so the ratio below is about frames that came):
+      // at least 10 packets and 5 frames a second. Not a throughput check: the sender's rate
+      // follows its estimate, which on a loaded CI machine falls (93 packets in 4 s once).
+      assert.ok(packets > 40, `video keeps arriving at bob (${packets} packets in 4 s)`);
+      assert.ok(arrived - arrived0 > 20, `video frames keep reaching bob's transform worker (${arrived - arrived0} in 4 s)`);
       assert.ok(arrived > 50, `video frames reach bob's transform worker (${arrived})`);
       assert.equal(decryptedTotal(st), 0, 'nothing decrypts without a key');
       assert.ok(failed > 50, 'every frame is dropped and counted');
