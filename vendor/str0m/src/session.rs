@@ -995,7 +995,11 @@ impl Session {
                 let Some(stream) = self.streams.stream_tx(&fb.ssrc()) else {
                     continue;
                 };
+                // sealroom: what the stream may now hold for poll_event (PATCHES.md).
+                let keyframe = matches!(fb, RtcpFb::Pli(_) | RtcpFb::Fir(_));
+                let remb = matches!(fb, RtcpFb::Remb(_));
                 stream.handle_rtcp(now, fb);
+                self.streams.note_tx_requests(keyframe, remb);
             }
         }
 
@@ -1760,6 +1764,59 @@ mod tests {
             assert_eq!(received.payload, feedback.payload);
             assert_eq!(session.poll_timeout(), before);
         }
+    }
+
+    /// sealroom (PATCHES.md): `poll_event` walks the send streams for keyframe and REMB
+    /// requests only after feedback that can leave one; each request still comes out once,
+    /// and a later one again.
+    #[test]
+    fn keyframe_and_remb_requests_come_out_once_each_time_they_arrive() {
+        let now = Instant::now();
+        let mut session = keyed_session();
+        session
+            .streams
+            .declare_stream_tx(2.into(), None, MidRid("vid".into(), None));
+        assert!(session.poll_event().is_none());
+        let feedback = |session: &mut Session, remb: bool| {
+            let mut buf = vec![0x80, 201, 0, 1, 0, 0, 0, 1];
+            let mut packet = [0; 64];
+            let pli = Pli {
+                sender_ssrc: 1.into(),
+                ssrc: 2.into(),
+            };
+            let len = pli.write_to(&mut packet);
+            buf.extend_from_slice(&packet[..len]);
+            if remb {
+                let remb = crate::rtp_::Remb {
+                    sender_ssrc: 1.into(),
+                    ssrc: 0.into(),
+                    bitrate: 300_000.0,
+                    ssrcs: vec![2],
+                };
+                let len = remb.write_to(&mut packet);
+                buf.extend_from_slice(&packet[..len]);
+            }
+            let packet = session.srtp_tx.as_mut().unwrap().protect_rtcp(&buf);
+            session.handle_rtcp_receive(now, &packet, &mut Readiness::idle().wake());
+        };
+        let requests = |session: &mut Session| {
+            let (mut keyframes, mut rembs) = (0, 0);
+            while let Some(e) = session.poll_event() {
+                match e {
+                    Event::KeyframeRequest(_) => keyframes += 1,
+                    Event::EgressBitrateEstimate(BweKind::Remb { .. }) => rembs += 1,
+                    _ => {}
+                }
+            }
+            (keyframes, rembs)
+        };
+        feedback(&mut session, true);
+        assert_eq!(requests(&mut session), (1, 1));
+        assert!(!session.streams.keyframe_request_maybe);
+        assert!(!session.streams.remb_request_maybe);
+        feedback(&mut session, false);
+        assert_eq!(requests(&mut session), (1, 0));
+        assert_eq!(requests(&mut session), (0, 0));
     }
 
     #[test]

@@ -165,6 +165,12 @@ pub(crate) struct Streams {
     /// How many timeouts walked the streams for due reports (tests only).
     #[cfg(test)]
     pub(crate) report_walks: usize,
+    /// sealroom: whether a send stream may hold a keyframe request (a PLI or FIR arrived
+    /// since a walk last found none), so that `poll_keyframe_request` walks the send streams
+    /// only then and not on every `poll_event` (PATCHES.md). Set by `note_tx_requests`.
+    pub(crate) keyframe_request_maybe: bool,
+    /// The same for REMB requests and `poll_remb_request`.
+    pub(crate) remb_request_maybe: bool,
 }
 
 /// Delay between cleaning up the RxLookup.
@@ -197,6 +203,8 @@ impl Streams {
             feedback_at: None,
             #[cfg(test)]
             report_walks: 0,
+            keyframe_request_maybe: false,
+            remb_request_maybe: false,
         }
     }
 
@@ -552,15 +560,33 @@ impl Streams {
         }
     }
 
+    /// sealroom: a send stream was given a PLI or FIR (`keyframe`) or a REMB (`remb`) in
+    /// `StreamTx::handle_rtcp`; the requests it may hold are looked for on the next poll.
+    pub(crate) fn note_tx_requests(&mut self, keyframe: bool, remb: bool) {
+        self.keyframe_request_maybe |= keyframe;
+        self.remb_request_maybe |= remb;
+    }
+
     pub(crate) fn poll_keyframe_request(&mut self) -> Option<KeyframeRequest> {
-        self.streams_tx.values_mut().find_map(|s| {
+        if !self.keyframe_request_maybe {
+            debug_assert!(
+                self.streams_tx.values().all(|s| !s.has_keyframe_request()),
+                "a keyframe request was left without note_tx_requests"
+            );
+            return None;
+        }
+        let found = self.streams_tx.values_mut().find_map(|s| {
             let kind = s.poll_keyframe_request()?;
             Some(KeyframeRequest {
                 mid: s.mid(),
                 rid: s.rid(),
                 kind,
             })
-        })
+        });
+        if found.is_none() {
+            self.keyframe_request_maybe = false;
+        }
+        found
     }
 
     pub(crate) fn poll_sender_feedback(&mut self) -> Option<SenderFeedback> {
@@ -577,9 +603,21 @@ impl Streams {
     }
 
     pub(crate) fn poll_remb_request(&mut self) -> Option<(Mid, Bitrate)> {
-        self.streams_tx
+        if !self.remb_request_maybe {
+            debug_assert!(
+                self.streams_tx.values().all(|s| !s.has_remb_request()),
+                "a REMB request was left without note_tx_requests"
+            );
+            return None;
+        }
+        let found = self
+            .streams_tx
             .values_mut()
-            .find_map(|s| s.poll_remb_request().map(|b| (s.mid(), b)))
+            .find_map(|s| s.poll_remb_request().map(|b| (s.mid(), b)));
+        if found.is_none() {
+            self.remb_request_maybe = false;
+        }
+        found
     }
 
     pub(crate) fn poll_stream_paused(&mut self) -> Option<StreamPaused> {

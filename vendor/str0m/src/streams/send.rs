@@ -1025,6 +1025,16 @@ impl StreamTx {
         self.pending_request_keyframe.take()
     }
 
+    /// Whether a keyframe request waits for `poll_keyframe_request` (debug checks).
+    pub(crate) fn has_keyframe_request(&self) -> bool {
+        self.pending_request_keyframe.is_some()
+    }
+
+    /// Whether a REMB request waits for `poll_remb_request` (debug checks).
+    pub(crate) fn has_remb_request(&self) -> bool {
+        self.pending_request_remb.is_some()
+    }
+
     pub(crate) fn poll_remb_request(&mut self) -> Option<Bitrate> {
         self.pending_request_remb.take()
     }
