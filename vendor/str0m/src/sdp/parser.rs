@@ -808,35 +808,40 @@ where
     let unused = typed_line('a', any_value()).map(MediaAttribute::Unused);
 
     // Split into two choice() calls because combine's choice macro supports at most 25 parsers.
+    //
+    // sealroom (PATCHES.md): the lines a media section has many of come first. Each
+    // alternative must take the whole line (`line` ends in `line_end`) and no line is taken by
+    // two of them, so the order changes only how many fail before one fits: upstream's order
+    // tried about twenty before an `rtcp-fb`, `rtpmap` or `fmtp` line.
     choice((
         attempt(choice((
+            attempt(rtcp_fb),
+            attempt(rtpmap),
+            attempt(fmtp),
+            attempt(extmap),
+            attempt(ssrc),
+            attempt(cand),
+            attempt(mid),
+            attempt(direction),
+            attempt(msid),
+            attempt(ssrc_group),
+            attempt(rid),
+            attempt(simulcast),
+            attempt(rtcpmux),
+        ))),
+        attempt(choice((
+            attempt(rtcprsize),
+            attempt(setup),
             attempt(ice_ufrag),
             attempt(ice_pwd),
             attempt(ice_opt),
             attempt(finger),
-            attempt(setup),
-            attempt(mid),
+            attempt(rtcp),
+            attempt(rtcpmuxonly),
+            attempt(endof),
             attempt(sctp_port),
             attempt(max_message_size),
             attempt(sctp_init),
-            attempt(extmap),
-            attempt(direction),
-            attempt(msid),
-            attempt(rtcp),
-        ))),
-        attempt(choice((
-            attempt(rtcpmux),
-            attempt(rtcpmuxonly),
-            attempt(rtcprsize),
-            attempt(cand),
-            attempt(endof),
-            attempt(rtpmap),
-            attempt(rtcp_fb),
-            attempt(fmtp),
-            attempt(rid),
-            attempt(simulcast),
-            attempt(ssrc_group),
-            attempt(ssrc),
         ))),
         unused,
     ))
