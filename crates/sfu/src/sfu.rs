@@ -629,7 +629,11 @@ impl Sfu {
             if let OutState::Negotiating(m) = t.state {
                 t.state = OutState::Open(m);
                 if let Some(tx) = p.rtc.direct_api().stream_tx_by_mid(m, None) {
-                    tx.set_rtx_cache(RTX_MAX_PACKETS, history, Some(RTX_RATIO_CAP));
+                    // Audio is written non-nackable (`forward`): it is never kept or resent,
+                    // so it needs no history of the bytes sent for the resend cap (24 bytes
+                    // per packet sent in the last second, per stream).
+                    let cap = (t.kind == MediaKind::Video).then_some(RTX_RATIO_CAP);
+                    tx.set_rtx_cache(RTX_MAX_PACKETS, history, cap);
                 }
                 if t.kind == MediaKind::Video && p.connected {
                     // A new receiver cannot decode until the next keyframe (one that is not

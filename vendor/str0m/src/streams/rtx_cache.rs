@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use crate::io::DATAGRAM_MAX_PACKET_SIZE;
 use crate::packet::Vp8Patch;
-use crate::rtp_::{ExtensionValues, MediaTime, Mid, Pt, Rid, RtpHeader, SenderInfo, SeqNo, Ssrc};
+use crate::rtp_::{
+    ExtensionValues, Frequency, MediaTime, Mid, Pt, Rid, RtpHeader, SenderInfo, SeqNo, Ssrc,
+};
 
 use super::RtpPacket;
 use super::rtx_cache_buf::EvictingBuffer;
@@ -27,48 +29,73 @@ pub(crate) struct RtxCache {
     /// The packet last handed out for a resend, rebuilt from its cached form (made on the
     /// first resend: most streams of an SFU session never resend).
     scratch: Option<Box<RtpPacket>>,
+
+    /// The MID and RID pair the cached packets that carry one carry (see [`CachedPacket`]).
+    mid_rid: Option<MidRidPair>,
 }
 
 /// A sent packet as the cache keeps it: an [`RtpPacket`] is 408 bytes, mostly header
 /// extension values and CSRCs that are nearly always unset, and a stream holds about a second
-/// of its packets. This keeps the header's fixed fields, MID and RID inline, and the rest only
-/// when set. `fill` gives back the packet it was made from, equal in every field.
+/// of its packets. This keeps the header's fixed fields inline and the rest only when set. The
+/// MID and RID a stream attaches (until the receiver reports on its SSRC) are the same on each
+/// of its packets: the cache keeps that pair once and a packet a flag for it. The sequence
+/// number is the cache's key, not stored again. `fill` gives back the packet it was made
+/// from, equal in every field.
 #[derive(Debug)]
 struct CachedPacket {
-    seq_no: SeqNo,
-    time: MediaTime,
     timestamp: Instant,
     payload: Arc<[u8]>,
-    vp8_patch: Option<Vp8Patch>,
-    version: u8,
-    has_padding: bool,
-    has_extension: bool,
-    marker: bool,
-    nackable: bool,
-    payload_type: Pt,
-    sequence_number: u16,
+    time_numer: u64,
+    /// CSRCs, the header extension values (a MID and RID other than the cache's pair among
+    /// them) and the sender info, when any is set; the header length when it does not fit
+    /// `header_len`.
+    rest: Option<Box<Rest>>,
+    time_frequency: Frequency,
     rtp_time: u32,
     ssrc: Ssrc,
-    header_len: usize,
-    mid: Option<Mid>,
-    rid: Option<Rid>,
-    /// CSRCs, the other extension values and the sender info, when any is set.
-    rest: Option<Box<Rest>>,
+    sequence_number: u16,
+    /// The header length, unless `rest` holds it.
+    header_len: u16,
+    vp8_patch: Option<Vp8Patch>,
+    version: u8,
+    payload_type: Pt,
+    /// `FLAG_*`.
+    flags: u8,
 }
+
+const FLAG_PADDING: u8 = 1;
+const FLAG_EXTENSION: u8 = 1 << 1;
+const FLAG_MARKER: u8 = 1 << 2;
+const FLAG_NACKABLE: u8 = 1 << 3;
+/// The packet carries the cache's MID and RID pair.
+const FLAG_MID_RID: u8 = 1 << 4;
+
+/// The MID and RID a stream attaches to its packets, kept once per cache.
+type MidRidPair = (Option<Mid>, Option<Rid>);
 
 #[derive(Debug)]
 struct Rest {
     csrc_count: usize,
     csrc: [u32; 15],
-    /// With `mid` and `rid` taken out (kept inline).
     ext_vals: ExtensionValues,
     last_sender_info: Option<SenderInfo>,
+    header_len: usize,
+}
+
+fn flag(on: bool, f: u8) -> u8 {
+    if on { f } else { 0 }
+}
+
+/// Whether the pair (MID, RID) of a packet is the cache's `usual` one, which the first
+/// packet carrying any becomes.
+fn is_usual(pair: MidRidPair, usual: &mut Option<MidRidPair>) -> bool {
+    pair != (None, None) && *usual.get_or_insert(pair) == pair
 }
 
 impl CachedPacket {
-    fn new(p: RtpPacket) -> Self {
+    fn new(p: RtpPacket, usual: &mut Option<MidRidPair>) -> Self {
         let RtpPacket {
-            seq_no,
+            seq_no: _,
             time,
             header,
             payload,
@@ -91,82 +118,128 @@ impl CachedPacket {
             mut ext_vals,
             header_len,
         } = header;
-        let mid = ext_vals.mid.take();
-        let rid = ext_vals.rid.take();
+        let mid_rid = is_usual((ext_vals.mid, ext_vals.rid), usual);
+        if mid_rid {
+            ext_vals.mid = None;
+            ext_vals.rid = None;
+        }
+        let short_len = u16::try_from(header_len).ok();
         let rest = (csrc_count != 0
             || csrc != [0; 15]
             || ext_vals != ExtensionValues::default()
-            || last_sender_info.is_some())
+            || last_sender_info.is_some()
+            || short_len.is_none())
         .then(|| {
             Box::new(Rest {
                 csrc_count,
                 csrc,
                 ext_vals,
                 last_sender_info,
+                header_len,
             })
         });
         CachedPacket {
-            seq_no,
-            time,
             timestamp,
             payload,
-            vp8_patch,
-            version,
-            has_padding,
-            has_extension,
-            marker,
-            nackable,
-            payload_type,
-            sequence_number,
+            time_numer: time.numer(),
+            rest,
+            time_frequency: time.frequency(),
             rtp_time,
             ssrc,
-            header_len,
-            mid,
-            rid,
-            rest,
+            sequence_number,
+            header_len: short_len.unwrap_or(u16::MAX),
+            vp8_patch,
+            version,
+            payload_type,
+            flags: flag(has_padding, FLAG_PADDING)
+                | flag(has_extension, FLAG_EXTENSION)
+                | flag(marker, FLAG_MARKER)
+                | flag(nackable, FLAG_NACKABLE)
+                | flag(mid_rid, FLAG_MID_RID),
         }
     }
 
-    /// Rebuilds the packet in `into` (reusing its storage).
-    fn fill(&self, into: &mut RtpPacket) {
-        let (csrc_count, csrc, mut ext_vals, last_sender_info) = match &self.rest {
-            Some(r) => (r.csrc_count, r.csrc, r.ext_vals.clone(), r.last_sender_info),
-            None => (0, [0; 15], ExtensionValues::default(), None),
+    fn has(&self, f: u8) -> bool {
+        self.flags & f != 0
+    }
+
+    /// Rebuilds the packet kept under `seq_no` in `into` (reusing its storage).
+    fn fill(&self, seq_no: SeqNo, usual: Option<MidRidPair>, into: &mut RtpPacket) {
+        let (csrc_count, csrc, mut ext_vals, last_sender_info, header_len) = match &self.rest {
+            Some(r) => (
+                r.csrc_count,
+                r.csrc,
+                r.ext_vals.clone(),
+                r.last_sender_info,
+                r.header_len,
+            ),
+            None => (
+                0,
+                [0; 15],
+                ExtensionValues::default(),
+                None,
+                usize::from(self.header_len),
+            ),
         };
-        ext_vals.mid = self.mid;
-        ext_vals.rid = self.rid;
+        if self.has(FLAG_MID_RID) {
+            if let Some((mid, rid)) = usual {
+                ext_vals.mid = mid;
+                ext_vals.rid = rid;
+            }
+        }
         *into = RtpPacket {
-            seq_no: self.seq_no,
-            time: self.time,
+            seq_no,
+            time: MediaTime::new(self.time_numer, self.time_frequency),
             header: RtpHeader {
                 version: self.version,
-                has_padding: self.has_padding,
-                has_extension: self.has_extension,
+                has_padding: self.has(FLAG_PADDING),
+                has_extension: self.has(FLAG_EXTENSION),
                 csrc_count,
-                marker: self.marker,
+                marker: self.has(FLAG_MARKER),
                 payload_type: self.payload_type,
                 sequence_number: self.sequence_number,
                 timestamp: self.rtp_time,
                 ssrc: self.ssrc,
                 csrc,
                 ext_vals,
-                header_len: self.header_len,
+                header_len,
             },
             payload: self.payload.clone(),
             vp8_patch: self.vp8_patch,
             timestamp: self.timestamp,
             last_sender_info,
-            nackable: self.nackable,
+            nackable: self.has(FLAG_NACKABLE),
         };
     }
 
     /// Takes back what a resend changed in the rebuilt packet (`poll_packet` sets MID and RID
     /// on the cached header while the remote has not acknowledged the SSRC).
-    fn update_from(&mut self, p: &RtpPacket) {
-        self.mid = p.header.ext_vals.mid;
-        self.rid = p.header.ext_vals.rid;
-        self.nackable = p.nackable;
-        self.time = p.time;
+    fn update_from(&mut self, p: &RtpPacket, usual: &mut Option<MidRidPair>) {
+        let pair = (p.header.ext_vals.mid, p.header.ext_vals.rid);
+        let mid_rid = is_usual(pair, usual);
+        let aside = if mid_rid { (None, None) } else { pair };
+        match &mut self.rest {
+            Some(r) => (r.ext_vals.mid, r.ext_vals.rid) = aside,
+            None if aside != (None, None) => {
+                self.rest = Some(Box::new(Rest {
+                    csrc_count: 0,
+                    csrc: [0; 15],
+                    ext_vals: ExtensionValues {
+                        mid: aside.0,
+                        rid: aside.1,
+                        ..Default::default()
+                    },
+                    last_sender_info: None,
+                    header_len: usize::from(self.header_len),
+                }));
+            }
+            None => {}
+        }
+        self.flags = (self.flags & !(FLAG_MID_RID | FLAG_NACKABLE))
+            | flag(mid_rid, FLAG_MID_RID)
+            | flag(p.nackable, FLAG_NACKABLE);
+        self.time_numer = p.time.numer();
+        self.time_frequency = p.time.frequency();
     }
 }
 
@@ -176,6 +249,7 @@ impl RtxCache {
             packet_by_seq_no: EvictingBuffer::new(10, max_packet_age, max_packet_count),
             seq_no_by_quantized_size: None,
             scratch: None,
+            mid_rid: None,
         }
     }
 
@@ -184,7 +258,7 @@ impl RtxCache {
         let seq_no = packet.seq_no;
         let quantized_size = packet.payload.len() / RTX_CACHE_SIZE_QUANTIZER;
         self.packet_by_seq_no
-            .push(*seq_no, now, CachedPacket::new(packet));
+            .push(*seq_no, now, CachedPacket::new(packet, &mut self.mid_rid));
         self.seq_no_by_quantized_size
             .get_or_insert_with(|| Box::new([SeqNo::MAX; RTX_CACHE_QUANTIZE_SLOTS]))
             [quantized_size] = seq_no;
@@ -207,7 +281,7 @@ impl RtxCache {
         let scratch = self
             .scratch
             .get_or_insert_with(|| Box::new(RtpPacket::blank()));
-        cached.fill(scratch);
+        cached.fill(seq_no, self.mid_rid, scratch);
         Some(scratch)
     }
 
@@ -218,7 +292,7 @@ impl RtxCache {
             return;
         };
         if let Some(cached) = self.packet_by_seq_no.get_mut(*scratch.seq_no) {
-            cached.update_from(scratch);
+            cached.update_from(scratch, &mut self.mid_rid);
         }
     }
 
@@ -246,6 +320,7 @@ impl RtxCache {
     pub(crate) fn clear(&mut self) {
         self.packet_by_seq_no.clear();
         self.seq_no_by_quantized_size = None;
+        self.mid_rid = None;
     }
 }
 
@@ -331,21 +406,46 @@ mod test {
     fn a_cached_packet_comes_back_equal_in_every_field() {
         let now = Instant::now();
         let mut rtx_cache = RtxCache::new(10, Duration::from_secs(3));
-        // Every field set (the rest kept aside), and the SFU's usual packet (all inline).
+        // Every field set (the rest kept aside), the SFU's usual packet (all inline), one
+        // sent before the receiver reported on the SSRC (with the stream's MID and RID:
+        // inline too), one with another MID (aside) and one whose header length does not
+        // fit inline (aside).
         let mut usual = packet(now, 2, 20);
-        usual.header.ext_vals.mid = Some("v1".into());
         usual.header.payload_type = 96.into();
         usual.header.header_len = 24;
+        let mut early = packet_clone(&usual);
+        early.seq_no = 3.into();
+        early.header.ext_vals.mid = Some("v1".into());
+        early.header.ext_vals.rid = Some("h".into());
+        let mut other = packet_clone(&early);
+        other.seq_no = 4.into();
+        other.header.ext_vals.mid = Some("v2".into());
+        let mut long = packet_clone(&usual);
+        long.seq_no = 5.into();
+        long.header.header_len = 70_000;
         rtx_cache.cache_sent_packet(full_packet(now, 1), after(now, 10));
-        rtx_cache.cache_sent_packet(packet_clone(&usual), after(now, 20));
-        assert!(
+        for p in [&usual, &early, &other, &long] {
+            rtx_cache.cache_sent_packet(packet_clone(p), after(now, 20));
+        }
+        let kept_aside = |seq: u64| {
             rtx_cache
                 .packet_by_seq_no
-                .get(2)
+                .get(seq)
                 .expect("cached")
                 .rest
-                .is_none()
-        );
+                .is_some()
+        };
+        assert!(kept_aside(1));
+        assert!(!kept_aside(2));
+        assert!(!kept_aside(3));
+        assert!(kept_aside(4));
+        assert!(kept_aside(5));
+        for p in [&early, &other, &long, &early] {
+            assert_eq!(
+                Some(&mut packet_clone(p)),
+                rtx_cache.get_cached_packet_by_seq_no(p.seq_no)
+            );
+        }
         assert_eq!(
             Some(&mut full_packet(now, 1)),
             rtx_cache.get_cached_packet_by_seq_no(1.into())
@@ -376,6 +476,19 @@ mod test {
             .get_cached_packet_by_seq_no(1.into())
             .expect("cached");
         assert_eq!(p.header.ext_vals.mid, Some("a0".into()));
+        // Another MID than the cache's pair, then none: each is kept as written.
+        for mid in [Some("b1".into()), None, Some("a0".into())] {
+            let p = rtx_cache
+                .get_cached_packet_by_seq_no(1.into())
+                .expect("cached");
+            p.header.ext_vals.mid = mid;
+            p.nackable = mid.is_some();
+            rtx_cache.write_back();
+            let p = rtx_cache
+                .get_cached_packet_by_seq_no(1.into())
+                .expect("cached");
+            assert_eq!((p.header.ext_vals.mid, p.nackable), (mid, mid.is_some()));
+        }
     }
 
     #[test]
@@ -386,7 +499,7 @@ mod test {
         let whole = std::mem::size_of::<RtpPacket>();
         println!("cached packet {cached} bytes, whole packet {whole} bytes");
         assert!(
-            cached * 2 < whole,
+            cached * 5 <= whole,
             "cached packet {cached} bytes against {whole} for a whole one"
         );
     }

@@ -1043,11 +1043,12 @@ impl StreamTx {
         use RtcpFb::*;
         match fb {
             ReceptionReport(r) => {
-                if let Some(rtx_ssrc) = self.rtx {
-                    if rtx_ssrc == r.ssrc {
-                        // Receiver has bound MidRid to RTX SSRC
-                        self.remote_acked_rtx_ssrc = true;
-                    }
+                // sealroom: a report on the main SSRC counts for a stream with RTX too
+                // (upstream only looked at the RTX SSRC then, so MID and RID went out on
+                // every packet of such a stream, PATCHES.md).
+                if self.rtx == Some(r.ssrc) {
+                    // Receiver has bound MidRid to RTX SSRC
+                    self.remote_acked_rtx_ssrc = true;
                 } else if r.ssrc == self.ssrc {
                     // Receiver has bound MidRid to SSRC
                     self.remote_acked_ssrc = true;
@@ -1596,6 +1597,53 @@ mod test {
         // The five queued packets are 0, 10, 20, 30 and 40 ms old.
         assert_eq!(snapshot.packet_count, 5);
         assert_eq!(snapshot.total_queue_time(now), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn mid_goes_out_until_the_receiver_reports_on_the_ssrc_with_or_without_rtx() {
+        use crate::rtp_::{ReceptionReport, RtcpFb};
+        let start = Instant::now();
+        let codecs = CodecConfig::new_with_defaults();
+        let pt = codecs.params()[0].pt();
+        let exts = ExtensionMap::standard();
+        for rtx in [None, Some(Ssrc::from(43))] {
+            let mut streams =
+                crate::streams::Streams::new(false, 1200, Duration::from_millis(1500));
+            let stream = streams.declare_stream_tx(42.into(), rtx, MidRid("vid".into(), None));
+            let mut buf = vec![];
+            let mut send = |stream: &mut StreamTx, i: u64| {
+                let now = start + Duration::from_millis(i * 10);
+                stream.write_rtp(RtpWrite::new(pt, i.into(), 0, now, vec![0_u8; 100]));
+                stream.send_queue.handle_timeout(now);
+                let receipt = stream
+                    .poll_packet(now, &exts, None, codecs.params(), &mut buf)
+                    .expect("the written packet");
+                let header = RtpHeader::parse(&buf, &exts).expect("a header");
+                assert_eq!(receipt.header.ext_vals.mid, header.ext_vals.mid);
+                header.ext_vals.mid
+            };
+            assert_eq!(send(stream, 0), Some("vid".into()), "rtx {rtx:?}");
+            let report = |ssrc: Ssrc| {
+                RtcpFb::ReceptionReport(ReceptionReport {
+                    ssrc,
+                    fraction_lost: 0,
+                    packets_lost: 0,
+                    max_seq: 0,
+                    jitter: 0,
+                    last_sr_time: 0,
+                    last_sr_delay: 0,
+                })
+            };
+            // A report on another SSRC binds nothing.
+            stream.handle_rtcp(start, report(7.into()));
+            assert_eq!(send(stream, 1), Some("vid".into()), "rtx {rtx:?}");
+            stream.handle_rtcp(start, report(42.into()));
+            assert_eq!(send(stream, 2), None, "rtx {rtx:?}");
+            if let Some(rtx) = rtx {
+                stream.handle_rtcp(start, report(rtx));
+                assert!(stream.remote_acked_rtx_ssrc);
+            }
+        }
     }
 
     #[test]
