@@ -410,8 +410,10 @@ pub struct Sfu {
     crypto: Arc<CryptoProvider>,
     participants: BTreeMap<ParticipantId, Participant>,
     ufrags: HashMap<String, ParticipantId>,
-    /// (remote, local) pairs proven by an authenticated STUN binding.
-    pairs: HashMap<(SocketAddr, SocketAddr), ParticipantId>,
+    /// (remote, local) pairs proven by an authenticated STUN binding. Looked up for every
+    /// datagram, so hashed with foldhash (randomly seeded per map) rather than SipHash; only
+    /// authenticated pairs are ever inserted, so a sender cannot grow its buckets.
+    pairs: HashMap<(SocketAddr, SocketAddr), ParticipantId, foldhash::fast::RandomState>,
     queue: VecDeque<Queued>,
     keyframes_wanted: Vec<KeyframeAsk>,
     /// Keyframe requests held back by the throttle, at most one per (track, rid), with the
@@ -444,7 +446,7 @@ impl Sfu {
             crypto: Arc::new(str0m::crypto::from_feature_flags()),
             participants: BTreeMap::new(),
             ufrags: HashMap::new(),
-            pairs: HashMap::new(),
+            pairs: HashMap::default(),
             queue: VecDeque::new(),
             keyframes_wanted: Vec::new(),
             deferred_keyframes: Vec::new(),
