@@ -63,7 +63,8 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     warmup: u64,
     /// Which scenario groups to run. `capacity` (the largest meeting within the limits, and
-    /// latency at 50 % and 90 % of it) is not in the default: it adds about 10-15 minutes.
+    /// latency at 50 % and 90 % of it) is not in the default: it adds about 10-15 minutes;
+    /// nor is `join-load` (about a minute per SFU; `--smoke` runs it).
     #[arg(
         long,
         value_enum,
@@ -81,6 +82,10 @@ struct Args {
     /// Participants of the join-time scenarios (one by one, and all at once).
     #[arg(long, default_value_t = 8)]
     join_n: usize,
+    /// Members of the running video meeting in the `join-load` scenario (`--join-n` more
+    /// join it at once).
+    #[arg(long, default_value_t = 16)]
+    join_load_n: usize,
     /// Rounds of each join scenario (a fresh SFU each); the percentiles pool every round.
     #[arg(long, default_value_t = 3)]
     join_rounds: usize,
@@ -131,6 +136,9 @@ enum Group {
     /// The largest audio and video meetings within the loss and delay limits, and latency
     /// at 50 % and 90 % of them.
     Capacity,
+    /// Forwarding delay in a running video meeting (`--join-load-n`) before and while
+    /// `--join-n` more participants join it at once.
+    JoinLoad,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -535,6 +543,101 @@ async fn joins_on(
     Ok(times)
 }
 
+/// How long the members' delay is measured before the joins.
+const JOIN_LOAD_BEFORE: Duration = Duration::from_secs(3);
+
+/// [`report::JoinLoad`], `rounds` times (a fresh SFU each); the delays pool every round.
+async fn join_load(
+    env: &Env,
+    which: Which,
+    n: usize,
+    joining: usize,
+    rounds: usize,
+) -> anyhow::Result<report::JoinLoad> {
+    let mut all: Option<report::JoinLoad> = None;
+    let mut join_times = Vec::new();
+    for _ in 0..rounds.max(1) {
+        let mut server = env.start(which).await?;
+        let result = join_load_on(env, &mut server, n, joining).await;
+        server.stop().await;
+        let (r, times) = result?;
+        join_times.extend(times);
+        match &mut all {
+            None => all = Some(r),
+            Some(a) => {
+                a.before_ms.extend(r.before_ms);
+                a.during_ms.extend(r.during_ms);
+                a.audio_during_ms.extend(r.audio_during_ms);
+                a.lost_during += r.lost_during;
+            }
+        }
+    }
+    let mut all = all.context("no round ran")?;
+    all.before_ms.sort_by(|a, b| a.total_cmp(b));
+    all.during_ms.sort_by(|a, b| a.total_cmp(b));
+    all.audio_during_ms.sort_by(|a, b| a.total_cmp(b));
+    all.join = report::JoinResult::new(joining, join_times);
+    Ok(all)
+}
+
+async fn join_load_on(
+    env: &Env,
+    server: &mut Server,
+    n: usize,
+    joining: usize,
+) -> anyhow::Result<(report::JoinLoad, Vec<Duration>)> {
+    let room = server.room(n + joining).await?;
+    let mut ps = Vec::new();
+    for i in 0..n {
+        ps.push(server.join(&room, i, env.peer(i, true, true))?);
+    }
+    all_receiving(&ps, (n - 1) * 2, Duration::from_secs(30))
+        .await
+        .with_context(|| format!("joining {n} members to {}", server.describe()))?;
+    tokio::time::sleep(Duration::from_secs(env.args.warmup)).await;
+    let before_from = Instant::now();
+    tokio::time::sleep(JOIN_LOAD_BEFORE).await;
+    let joins_from = Instant::now();
+    // For a profiler (as bench/profile.sh does with the forwarding window).
+    eprintln!("  joining: {joining} at once, SFU pid {}", server.pid());
+    for i in n..n + joining {
+        ps.push(server.join(&room, i, env.peer(i, true, true))?);
+    }
+    let everyone = (n + joining - 1) * 2;
+    all_receiving(&ps, everyone, Duration::from_secs(30))
+        .await
+        .with_context(|| format!("{joining} joining {n} members on {}", server.describe()))?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let joins_to = Instant::now();
+    // Frames in flight at the end of the window arrive (or are lost) by then.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    no_failure(&ps, Participant::failure)?;
+    let times: Vec<Duration> = ps[n..]
+        .iter()
+        .filter_map(Participant::first_remote_frame)
+        .collect();
+    let mut reports = Vec::new();
+    for p in &ps[..n] {
+        reports.push(p.reports().await);
+    }
+    drop(ps);
+    let ns = |t: Instant| t.saturating_duration_since(env.epoch).as_nanos() as u64;
+    let (before_ms, _, _) =
+        report::JoinLoad::window(n, &reports, (ns(before_from), ns(joins_from)));
+    let (during_ms, audio_during_ms, lost_during) =
+        report::JoinLoad::window(n, &reports, (ns(joins_from), ns(joins_to)));
+    let r = report::JoinLoad {
+        n,
+        joining,
+        before_ms,
+        during_ms,
+        audio_during_ms,
+        lost_during,
+        join: report::JoinResult::new(joining, Vec::new()),
+    };
+    Ok((r, times))
+}
+
 /// Wait up to 15 s for the first participant of a one-by-one join to `what` (`settled`).
 async fn first_settled(
     what: &str,
@@ -708,11 +811,20 @@ fn run(args: &mut Args) -> anyhow::Result<std::process::ExitCode> {
         args.join_rounds = 1;
         args.max_n = 2;
         args.capacity_seconds = 3;
+        args.join_load_n = 2;
+        // Not in the default set, but smoke runs it too, so that it cannot rot.
+        if !args.scenarios.contains(&Group::JoinLoad) {
+            args.scenarios.push(Group::JoinLoad);
+        }
     }
     if args.repeat == 0 {
         bail!("--repeat must be at least 1");
     }
-    if args.sizes.iter().any(|n| *n < 2) || args.join_n < 2 || args.max_n < 2 {
+    if args.sizes.iter().any(|n| *n < 2)
+        || args.join_n < 2
+        || args.max_n < 2
+        || args.join_load_n < 2
+    {
         bail!("meetings need at least 2 participants");
     }
     if args.seconds == 0 || args.capacity_seconds == 0 {
@@ -939,6 +1051,18 @@ async fn scenarios(
                 eprintln!("  failed: {e:#}");
             }
             out.push(Outcome::join(name, label(Which::Sealroom), r));
+        }
+    }
+    if env.args.scenarios.contains(&Group::JoinLoad) {
+        let (n, j) = (env.args.join_load_n, env.args.join_n);
+        let name = format!("video N={n}, {j} joining");
+        for &w in which {
+            eprintln!("{name}: {} …", label(w));
+            let r = join_load(env, w, n, j, env.args.join_rounds).await;
+            if let Err(e) = &r {
+                eprintln!("  failed: {e:#}");
+            }
+            out.push(Outcome::join_load(name.clone(), label(w), r));
         }
     }
     let capacity_wanted = env.args.scenarios.contains(&Group::Capacity);

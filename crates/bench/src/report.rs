@@ -272,6 +272,86 @@ impl JoinResult {
     }
 }
 
+/// A running video meeting while more participants join at once: the forwarding delay its
+/// members see before and while the newcomers join. Joining costs the SFU signaling and
+/// negotiation work (every member's session gets the newcomers' tracks), and where that
+/// work shares a thread with forwarding, everyone's media waits for it.
+#[derive(Debug, Clone)]
+pub struct JoinLoad {
+    /// Members of the running meeting.
+    pub n: usize,
+    /// Participants who join at once.
+    pub joining: usize,
+    /// Delay (publisher's write → the kernel's receive stamp at the subscriber) of the
+    /// members' frames among each other, in a window before the joins, sorted, ms.
+    pub before_ms: Vec<f64>,
+    /// The same from the first join until a second after everyone receives everyone.
+    pub during_ms: Vec<f64>,
+    /// The audio frames of `during_ms` (what a member hears as a stall).
+    pub audio_during_ms: Vec<f64>,
+    /// Members' frames among each other that were sent in that window and never arrived.
+    pub lost_during: u64,
+    /// Join → first remote frame of each newcomer.
+    pub join: JoinResult,
+}
+
+impl JoinLoad {
+    /// Delays of frames sent inside `window` (ns since the epoch) between members (`from`
+    /// and receiver both below `n`), of their audio frames alone, and how many such frames
+    /// were sent and not received. Sorted.
+    pub fn window(
+        n: usize,
+        reports: &[Vec<PeerReport>],
+        window: (u64, u64),
+    ) -> (Vec<f64>, Vec<f64>, u64) {
+        let inside = |t: u64| t >= window.0 && t < window.1;
+        let mut sent: HashMap<(u32, Kind), u64> = HashMap::new();
+        for (i, peers) in reports.iter().enumerate().take(n) {
+            for p in peers {
+                for f in p.sent.iter().filter(|f| inside(f.sent_ns)) {
+                    *sent.entry((i as u32, f.kind)).or_default() += 1;
+                }
+            }
+        }
+        let mut delays = Vec::new();
+        let mut audio = Vec::new();
+        let mut lost = 0;
+        for (r, peers) in reports.iter().enumerate().take(n) {
+            let r = r as u32;
+            let mut got: HashMap<(u32, Kind), u64> = HashMap::new();
+            let mut seen: HashSet<(u32, Kind, u32)> = HashSet::new();
+            for f in peers.iter().flat_map(|p| &p.received) {
+                let member = (f.from as usize) < n;
+                if !member || f.from == r || !inside(f.sent_ns) {
+                    continue;
+                }
+                if !seen.insert((f.from, f.kind, f.seq)) {
+                    continue;
+                }
+                *got.entry((f.from, f.kind)).or_default() += 1;
+                let d = f.arrived_ns.saturating_sub(f.sent_ns) as f64 / 1e6;
+                delays.push(d);
+                if f.kind == Kind::Audio {
+                    audio.push(d);
+                }
+            }
+            for (&(from, kind), &expected) in &sent {
+                if from != r {
+                    let g = got.get(&(from, kind)).copied().unwrap_or(0);
+                    lost += expected.saturating_sub(g);
+                }
+            }
+        }
+        delays.sort_by(|a, b| a.total_cmp(b));
+        audio.sort_by(|a, b| a.total_cmp(b));
+        (delays, audio, lost)
+    }
+
+    pub fn max_during_ms(&self) -> f64 {
+        self.during_ms.last().copied().unwrap_or(f64::NAN)
+    }
+}
+
 /// What a capacity trial was for.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Role {
@@ -379,6 +459,7 @@ pub enum Data {
     Traffic(Traffic),
     Join(JoinResult),
     Capacity(CapacityResult),
+    JoinLoad(JoinLoad),
 }
 
 /// One scenario on one SFU, or why it failed.
@@ -406,6 +487,14 @@ impl Outcome {
         }
     }
 
+    pub fn join_load(scenario: String, sfu: &'static str, r: anyhow::Result<JoinLoad>) -> Outcome {
+        Outcome {
+            scenario,
+            sfu,
+            data: r.map(Data::JoinLoad).map_err(|e| format!("{e:#}")),
+        }
+    }
+
     pub fn capacity(scenario: String, sfu: &'static str, c: CapacityResult) -> Outcome {
         Outcome {
             scenario,
@@ -420,6 +509,7 @@ impl Outcome {
             Err(_) => true,
             Ok(Data::Traffic(t)) => t.frames_received == 0,
             Ok(Data::Join(j)) => j.times_ms.is_empty(),
+            Ok(Data::JoinLoad(j)) => j.during_ms.is_empty(),
             Ok(Data::Capacity(c)) => !c
                 .trials
                 .iter()
@@ -669,6 +759,47 @@ fn headline_rows(results: &[Outcome], direct: Option<(f64, f64)>) -> Vec<Row> {
             |j, _| plain(j.p95()),
         ),
     ];
+    let join_load_metrics: [Metric<JoinLoad>; 8] = [
+        (
+            "delay p99 before the joins, ms",
+            Better::Lower,
+            2,
+            |j, _| plain(quantile(&j.before_ms, 0.99)),
+        ),
+        ("delay p50 while joining, ms", Better::Lower, 2, |j, _| {
+            plain(quantile(&j.during_ms, 0.50))
+        }),
+        ("delay p99 while joining, ms", Better::Lower, 2, |j, _| {
+            plain(quantile(&j.during_ms, 0.99))
+        }),
+        ("delay max while joining, ms", Better::Lower, 1, |j, _| {
+            plain(j.max_during_ms())
+        }),
+        (
+            "audio delay p99 while joining, ms",
+            Better::Lower,
+            2,
+            |j, _| plain(quantile(&j.audio_during_ms, 0.99)),
+        ),
+        (
+            "audio delay max while joining, ms",
+            Better::Lower,
+            1,
+            |j, _| plain(j.audio_during_ms.last().copied().unwrap_or(f64::NAN)),
+        ),
+        (
+            "members' frames lost while joining",
+            Better::Lower,
+            0,
+            |j, _| plain(j.lost_during as f64),
+        ),
+        (
+            "newcomers: join → first remote frame p50, ms",
+            Better::Lower,
+            0,
+            |j, _| plain(j.join.p50()),
+        ),
+    ];
     let mut scenarios: Vec<&str> = Vec::new();
     for r in results {
         if !scenarios.contains(&r.scenario.as_str()) {
@@ -680,6 +811,19 @@ fn headline_rows(results: &[Outcome], direct: Option<(f64, f64)>) -> Vec<Row> {
         let of: Vec<&Outcome> = results.iter().filter(|r| r.scenario == s).collect();
         if of.iter().any(|o| matches!(o.data, Ok(Data::Capacity(_)))) {
             rows.extend(capacity_rows(s, &of, direct));
+            continue;
+        }
+        if of.iter().any(|o| matches!(o.data, Ok(Data::JoinLoad(_)))) {
+            rows.extend(metric_rows(
+                s,
+                &of,
+                &join_load_metrics,
+                direct,
+                |d| match d {
+                    Data::JoinLoad(j) => Some(j),
+                    _ => None,
+                },
+            ));
             continue;
         }
         let is_join =
@@ -1057,6 +1201,18 @@ pub fn markdown(ctx: &Context, results: &[Outcome]) -> String {
                         .join(", ")
                 );
             }
+            Ok(Data::JoinLoad(j)) => {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | frames among members: {} before, {} while joining | | | | | \
+                     {} | | | | | |",
+                    o.scenario,
+                    o.sfu,
+                    j.before_ms.len(),
+                    j.during_ms.len(),
+                    num(j.max_during_ms(), 1),
+                );
+            }
             // Listed trial by trial below.
             Ok(Data::Capacity(_)) => {}
             Err(e) => {
@@ -1351,6 +1507,31 @@ pub fn csv(results: &[Outcome], direct: Option<(f64, f64)>) -> String {
                 row.set("join_p95_ms", format!("{:.1}", j.p95()));
                 rows.push(row);
             }
+            Ok(Data::JoinLoad(j)) => {
+                row.set("n", j.n);
+                row.set("video", true);
+                row.set(
+                    "delay_p50_ms",
+                    format!("{:.3}", quantile(&j.during_ms, 0.50)),
+                );
+                row.set(
+                    "delay_p99_ms",
+                    format!("{:.3}", quantile(&j.during_ms, 0.99)),
+                );
+                row.set("delay_max_ms", format!("{:.3}", j.max_during_ms()));
+                row.set("join_p50_ms", format!("{:.1}", j.join.p50()));
+                row.set("join_p95_ms", format!("{:.1}", j.join.p95()));
+                row.set_text(
+                    "note",
+                    &format!(
+                        "{} joining; before the joins delay p99 {:.3} ms; {} members' frames lost",
+                        j.joining,
+                        quantile(&j.before_ms, 0.99),
+                        j.lost_during
+                    ),
+                );
+                rows.push(row);
+            }
             Ok(Data::Capacity(c)) => {
                 for t in &c.trials {
                     let mut r = CsvRow::new(&o.scenario, o.sfu);
@@ -1421,6 +1602,69 @@ mod tests {
             udp_rcvbuf_errors: 0,
             machine_busy_s: 0.0,
         }
+    }
+
+    #[test]
+    fn join_load_counts_only_members_frames_to_members_inside_the_window() {
+        // Members 0 and 1, newcomer 2. Frames every 10 ms from 0 to 90 ms; the window is
+        // [20, 60) ms: frames 2, 3, 4 and 5 of each stream.
+        let ms = 1_000_000u64;
+        let sent = |kind: Kind| -> Vec<Sent> {
+            (0..10u64)
+                .map(|i| Sent {
+                    kind,
+                    sent_ns: i * 10 * ms,
+                })
+                .collect()
+        };
+        let frame = |from: u32, kind: Kind, seq: u32, delay_ms: u64| Received {
+            from,
+            kind,
+            seq,
+            sent_ns: u64::from(seq) * 10 * ms,
+            recv_ns: u64::from(seq) * 10 * ms + (delay_ms + 1) * ms,
+            arrived_ns: u64::from(seq) * 10 * ms + delay_ms * ms,
+            packets: 1,
+        };
+        let mut both = sent(Kind::Audio);
+        both.extend(sent(Kind::Video));
+        // 0 hears all of 1's audio (1 ms, frame 4 late: 30 ms) and video (2 ms), and the
+        // newcomer's audio (50 ms: not a member's frame, not counted).
+        let mut r0: Vec<Received> = (0..10).map(|s| frame(1, Kind::Audio, s, 1)).collect();
+        r0[4] = frame(1, Kind::Audio, 4, 30);
+        r0.extend((0..10).map(|s| frame(1, Kind::Video, s, 2)));
+        r0.extend((0..10).map(|s| frame(2, Kind::Audio, s, 50)));
+        // 1 hears 0's audio except frame 3 (lost), frame 5 twice, and no video at all.
+        let mut r1: Vec<Received> = (0..10)
+            .filter(|&s| s != 3)
+            .map(|s| frame(0, Kind::Audio, s, 1))
+            .collect();
+        r1.push(frame(0, Kind::Audio, 5, 7));
+        let reports = vec![
+            vec![PeerReport {
+                sent: both.clone(),
+                received: r0,
+                ..PeerReport::default()
+            }],
+            vec![PeerReport {
+                sent: both,
+                received: r1,
+                ..PeerReport::default()
+            }],
+            vec![PeerReport {
+                sent: sent(Kind::Audio),
+                received: (0..10).map(|s| frame(0, Kind::Audio, s, 80)).collect(),
+                ..PeerReport::default()
+            }],
+        ];
+        let (all, audio, lost) = JoinLoad::window(2, &reports, (20 * ms, 60 * ms));
+        // 0: audio 1, 1, 30, 1 and video 2 × 4; 1: audio 1, 1, 1 (3 lost, 5's copy dropped).
+        assert_eq!(audio, vec![1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 30.0]);
+        assert_eq!(all.len(), 11);
+        assert_eq!(all.last().copied(), Some(30.0));
+        assert_eq!(all.iter().filter(|d| **d == 2.0).count(), 4);
+        // 1 missed audio frame 3 and all four video frames of 0.
+        assert_eq!(lost, 5);
     }
 
     #[test]

@@ -8,8 +8,8 @@
 
 use sealroom_proto::{RemoteTrack, Source};
 use sealroom_sfu::{
-    Event, Input, Output, ParticipantConfig, ParticipantId, RoomId, SessionError, Sfu, SfuConfig,
-    SourceFilter,
+    Event, Input, Output, ParticipantConfig, ParticipantId, RoomId, SdpAnswer, SdpOffer,
+    SessionError, Sfu, SfuConfig, SourceFilter,
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -40,10 +40,10 @@ const SEND_BATCH: usize = 32;
 const SEND_HOLD: std::time::Duration = std::time::Duration::from_micros(100);
 
 /// What the media edge tells a participant's socket task.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum MediaEvent {
-    /// Renegotiation offer from the SFU.
-    Offer(String),
+    /// Renegotiation offer from the SFU, to be serialized ([`sdp_text`]) off the media task.
+    Offer(Box<SdpOffer>),
     /// The full list of tracks this participant receives, changed.
     Tracks(Vec<RemoteTrack>),
     /// DTLS-SRTP is up.
@@ -67,17 +67,23 @@ pub struct Join {
     pub filter: SourceFilter,
 }
 
+/// SDP reaches the media task parsed and leaves it unserialized: the text work grows with
+/// the meeting (an m-line per track: a participant's answer in a meeting of 12 costs about
+/// 4 M instructions to parse, and a join renegotiates with everyone in the room), and on
+/// the media task it would hold up every participant's forwarding. [`MediaHandle`] does it
+/// on the blocking pool instead, where the kernel schedules it between the media task's
+/// wakeups even when the process has one core.
 enum Cmd {
     Offer {
         socket: u64,
         join: Option<Join>,
-        sdp: String,
+        offer: Box<SdpOffer>,
         sources: Vec<(String, Source)>,
-        reply: oneshot::Sender<Result<String, String>>,
+        reply: oneshot::Sender<Result<Box<SdpAnswer>, String>>,
     },
     Answer {
         socket: u64,
-        sdp: String,
+        answer: Box<SdpAnswer>,
         reply: oneshot::Sender<Result<(), String>>,
     },
     Remove {
@@ -110,23 +116,34 @@ impl MediaHandle {
         sdp: String,
         sources: Vec<(String, Source)>,
     ) -> Result<String, String> {
+        let pid = ParticipantId(socket);
+        let offer = off_media_task(move || sealroom_sfu::parse_offer(pid, &sdp)).await?;
+        let offer = Box::new(offer.map_err(|e| e.to_string())?);
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Cmd::Offer {
                 socket,
                 join,
-                sdp,
+                offer,
                 sources,
                 reply,
             })
             .map_err(|_| "media is not running".to_string())?;
-        rx.await.map_err(|_| "media is not running".to_string())?
+        let answer = rx.await.map_err(|_| "media is not running".to_string())??;
+        off_media_task(move || answer.to_sdp_string()).await
     }
 
     pub async fn answer(&self, socket: u64, sdp: String) -> Result<(), String> {
+        let pid = ParticipantId(socket);
+        let answer = off_media_task(move || sealroom_sfu::parse_answer(pid, &sdp)).await?;
+        let answer = Box::new(answer.map_err(|e| e.to_string())?);
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Cmd::Answer { socket, sdp, reply })
+            .send(Cmd::Answer {
+                socket,
+                answer,
+                reply,
+            })
             .map_err(|_| "media is not running".to_string())?;
         rx.await.map_err(|_| "media is not running".to_string())?
     }
@@ -135,6 +152,20 @@ impl MediaHandle {
     pub fn remove(&self, socket: u64) {
         let _ = self.tx.send(Cmd::Remove { socket });
     }
+}
+
+/// Runs SDP text work on the blocking pool (see [`Cmd`]).
+async fn off_media_task<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| format!("SDP work failed: {e}"))
+}
+
+/// An SDP offer from the SFU as the text sent to the participant, made off the media task.
+pub async fn sdp_text(offer: Box<SdpOffer>) -> Result<String, String> {
+    off_media_task(move || offer.to_sdp_string()).await
 }
 
 struct Part {
@@ -244,7 +275,7 @@ fn apply(sfu: &mut Sfu, parts: &mut HashMap<u64, Part>, cmd: Cmd) {
         Cmd::Offer {
             socket,
             join,
-            sdp,
+            offer,
             sources,
             reply,
         } => {
@@ -271,11 +302,19 @@ fn apply(sfu: &mut Sfu, parts: &mut HashMap<u64, Part>, cmd: Cmd) {
                 return;
             };
             part.sources = sources.into_iter().collect();
-            let _ = reply.send(sfu.accept_offer(now, pid, &sdp).map_err(|e| e.to_string()));
-        }
-        Cmd::Answer { socket, sdp, reply } => {
             let _ = reply.send(
-                sfu.accept_answer(ParticipantId(socket), &sdp)
+                sfu.accept_offer(now, pid, *offer)
+                    .map(Box::new)
+                    .map_err(|e| e.to_string()),
+            );
+        }
+        Cmd::Answer {
+            socket,
+            answer,
+            reply,
+        } => {
+            let _ = reply.send(
+                sfu.accept_answer(ParticipantId(socket), *answer)
                     .map_err(|e| e.to_string()),
             );
         }
@@ -305,9 +344,9 @@ fn drain(
                 ..
             } => outbox.push(socket, now, destination, contents),
             Output::Event(e) => match e {
-                Event::Offer { participant, sdp } => {
+                Event::Offer { participant, offer } => {
                     tracks_changed = true;
-                    let _ = events.send((participant.0, MediaEvent::Offer(sdp)));
+                    let _ = events.send((participant.0, MediaEvent::Offer(Box::new(offer))));
                 }
                 Event::Connected { participant } => {
                     let _ = events.send((participant.0, MediaEvent::Connected));

@@ -566,6 +566,28 @@ async fn malformed_oversized_and_out_of_order_messages_get_clear_errors_and_chan
         "host saw a change"
     );
 
+    // Media signaling from someone in the meeting: SDP that does not parse is refused with
+    // the parser's reason (it is parsed off the media task, before the SFU sees it), an
+    // answer with no offer outstanding too, and the socket goes on.
+    for msg in [
+        ClientMsg::MediaOffer {
+            sdp: "v=0\r\nnot an offer".into(),
+            sources: vec![],
+        },
+        ClientMsg::MediaAnswer {
+            sdp: "m=audio garbage".into(),
+        },
+    ] {
+        h.send(&msg).await;
+        let m = h.next().await;
+        assert!(
+            matches!(&m, ServerMsg::Error { code, message } if code == "media_refused" && message.contains("malformed SDP")),
+            "{m:?}"
+        );
+    }
+    h.send(&ClientMsg::Ping).await;
+    assert!(matches!(h.next().await, ServerMsg::Pong));
+
     // A host acting on someone who does not exist gets a clear error.
     h.send(&ClientMsg::Remove {
         participant_id: "ghost".into(),

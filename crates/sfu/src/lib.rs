@@ -47,9 +47,10 @@ mod vp8;
 pub use config::{ParticipantConfig, ParticipantId, RoomId, SfuConfig, SourceFilter};
 pub use error::{Fault, SessionError, SfuError};
 pub use sfu::{
-    Counters, Event, Input, Output, ParticipantInfo, Sfu, Subscription, SubscriptionState, TrackId,
-    MAX_REFUSED_SOURCES,
+    parse_answer, parse_offer, Counters, Event, Input, Output, ParticipantInfo, Sfu, Subscription,
+    SubscriptionState, TrackId, MAX_REFUSED_SOURCES,
 };
 pub use simulcast::AUDIO_RESERVE_BPS;
 /// str0m types that appear in this crate's API.
+pub use str0m::change::{SdpAnswer, SdpOffer};
 pub use str0m::media::{MediaKind, Mid, Rid};

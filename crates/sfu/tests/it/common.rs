@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sealroom_sfu::{
-    Event, Input, Output, ParticipantConfig, ParticipantId, RoomId, Sfu, SfuConfig,
+    parse_answer, parse_offer, Event, Input, Output, ParticipantConfig, ParticipantId, RoomId, Sfu,
+    SfuConfig,
 };
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
@@ -407,11 +408,13 @@ impl World {
         self.sfu
             .add_participant(self.now, id, config)
             .expect("new participant");
-        let offer = tamper(&c.offer());
+        // Through the wire format, as a server does it.
+        let offer = parse_offer(id, &tamper(&c.offer())).expect("client offer parses");
         let answer = self
             .sfu
-            .accept_offer(self.now, id, &offer)
-            .expect("offer accepted");
+            .accept_offer(self.now, id, offer)
+            .expect("offer accepted")
+            .to_sdp_string();
         c.accept_answer(&answer);
         self.answers.push(answer);
         self.clients.push(c);
@@ -437,11 +440,13 @@ impl World {
                     );
                 }
                 Output::Event(e) => {
-                    if let Event::Offer { participant, sdp } = &e {
+                    if let Event::Offer { participant, offer } = &e {
                         if let Some(c) = self.clients.iter_mut().find(|c| c.id == *participant) {
-                            let answer = c.answer(sdp);
+                            let answer = c.answer(&offer.to_sdp_string());
+                            let answer =
+                                parse_answer(*participant, &answer).expect("client answer parses");
                             self.sfu
-                                .accept_answer(*participant, &answer)
+                                .accept_answer(*participant, answer)
                                 .expect("answer accepted");
                         }
                     }
