@@ -255,12 +255,12 @@ async fn route_media_events(
     use sealroom_proto::{RefusalReason, ServerMsg};
     while let Some((socket, event)) = rx.recv().await {
         match event {
-            MediaEvent::Offer(offer) => match crate::media::sdp_text(offer).await {
-                Ok(sdp) => app
-                    .hub
-                    .send(socket, Notice::Send(ServerMsg::MediaOffer { sdp })),
-                Err(e) => tracing::error!(socket, "renegotiation offer not sent: {e}"),
-            },
+            MediaEvent::Offer(offer) => app.hub.send(
+                socket,
+                Notice::Send(ServerMsg::MediaOffer {
+                    sdp: offer.to_sdp_string(),
+                }),
+            ),
             MediaEvent::Tracks(tracks) => app
                 .hub
                 .send(socket, Notice::Send(ServerMsg::MediaTracks { tracks })),
