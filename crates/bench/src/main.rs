@@ -555,29 +555,17 @@ async fn join_load(
     rounds: usize,
 ) -> anyhow::Result<report::JoinLoad> {
     let mut all: Option<report::JoinLoad> = None;
-    let mut join_times = Vec::new();
     for _ in 0..rounds.max(1) {
         let mut server = env.start(which).await?;
         let result = join_load_on(env, &mut server, n, joining).await;
         server.stop().await;
-        let (r, times) = result?;
-        join_times.extend(times);
+        let r = result?;
         match &mut all {
             None => all = Some(r),
-            Some(a) => {
-                a.before_ms.extend(r.before_ms);
-                a.during_ms.extend(r.during_ms);
-                a.audio_during_ms.extend(r.audio_during_ms);
-                a.lost_during += r.lost_during;
-            }
+            Some(a) => a.merge(r),
         }
     }
-    let mut all = all.context("no round ran")?;
-    all.before_ms.sort_by(|a, b| a.total_cmp(b));
-    all.during_ms.sort_by(|a, b| a.total_cmp(b));
-    all.audio_during_ms.sort_by(|a, b| a.total_cmp(b));
-    all.join = report::JoinResult::new(joining, join_times);
-    Ok(all)
+    all.context("no round ran")
 }
 
 async fn join_load_on(
@@ -585,7 +573,7 @@ async fn join_load_on(
     server: &mut Server,
     n: usize,
     joining: usize,
-) -> anyhow::Result<(report::JoinLoad, Vec<Duration>)> {
+) -> anyhow::Result<report::JoinLoad> {
     let room = server.room(n + joining).await?;
     let mut ps = Vec::new();
     for i in 0..n {
@@ -633,9 +621,9 @@ async fn join_load_on(
         during_ms,
         audio_during_ms,
         lost_during,
-        join: report::JoinResult::new(joining, Vec::new()),
+        join: report::JoinResult::new(joining, times),
     };
-    Ok((r, times))
+    Ok(r)
 }
 
 /// Wait up to 15 s for the first participant of a one-by-one join to `what` (`settled`).

@@ -347,6 +347,20 @@ impl JoinLoad {
         (delays, audio, lost)
     }
 
+    /// Pools another round's figures into these (every list stays sorted).
+    pub fn merge(&mut self, other: JoinLoad) {
+        let by_value = |a: &f64, b: &f64| a.total_cmp(b);
+        self.before_ms.extend(other.before_ms);
+        self.before_ms.sort_by(by_value);
+        self.during_ms.extend(other.during_ms);
+        self.during_ms.sort_by(by_value);
+        self.audio_during_ms.extend(other.audio_during_ms);
+        self.audio_during_ms.sort_by(by_value);
+        self.lost_during += other.lost_during;
+        self.join.times_ms.extend(other.join.times_ms);
+        self.join.times_ms.sort_by(by_value);
+    }
+
     pub fn max_during_ms(&self) -> f64 {
         self.during_ms.last().copied().unwrap_or(f64::NAN)
     }
@@ -1665,6 +1679,25 @@ mod tests {
         assert_eq!(all.iter().filter(|d| **d == 2.0).count(), 4);
         // 1 missed audio frame 3 and all four video frames of 0.
         assert_eq!(lost, 5);
+
+        // Rounds pool, and every list stays sorted.
+        let round = |extra: f64| JoinLoad {
+            n: 2,
+            joining: 1,
+            before_ms: vec![0.5, extra],
+            during_ms: all.clone(),
+            audio_during_ms: audio.clone(),
+            lost_during: lost,
+            join: JoinResult::new(1, vec![Duration::from_millis(90 + extra as u64)]),
+        };
+        let mut pooled = round(3.0);
+        pooled.merge(round(0.1));
+        assert_eq!(pooled.before_ms, vec![0.1, 0.5, 0.5, 3.0]);
+        assert_eq!(pooled.during_ms.len(), 22);
+        assert!(pooled.during_ms.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(pooled.max_during_ms(), 30.0);
+        assert_eq!(pooled.lost_during, 10);
+        assert_eq!(pooled.join.times_ms, vec![90.0, 93.0]);
     }
 
     #[test]
