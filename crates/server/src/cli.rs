@@ -190,7 +190,13 @@ pub fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // A worker looks at the sockets after every task it runs, not after every 61 (tokio's
+    // default): the media task is woken by its UDP socket, and while signaling work was
+    // queued on its worker (a join renegotiates with every member; each answer is an SDP
+    // to parse) that wake waited for dozens of those tasks, and every meeting's forwarding
+    // with it. Woken from the socket check, the media task runs next (tokio's LIFO slot).
     let rt = match tokio::runtime::Builder::new_multi_thread()
+        .event_interval(1)
         .enable_all()
         .build()
     {

@@ -588,6 +588,46 @@ async fn malformed_oversized_and_out_of_order_messages_get_clear_errors_and_chan
     h.send(&ClientMsg::Ping).await;
     assert!(matches!(h.next().await, ServerMsg::Pong));
 
+    // SDP costs the server CPU to parse (about 300 instructions a byte), so a socket that
+    // keeps sending it runs out of its budget (2 MiB at once, then 256 KiB a second): the
+    // rest is refused unread, with when to try again, and one audit entry; the socket goes on.
+    let big = format!("v=0\r\n{}", "a=x-filler\r\n".repeat(25_000));
+    assert!(big.len() > 300_000 && big.len() < MAX_WS_MESSAGE);
+    let (mut parsed, mut limited) = (0, None);
+    for _ in 0..12 {
+        h.send(&ClientMsg::MediaAnswer { sdp: big.clone() }).await;
+        match h.next().await {
+            ServerMsg::Error { code, .. } if code == "media_refused" => parsed += 1,
+            ServerMsg::Error { code, message } if code == "rate_limited" => {
+                limited = Some(message);
+                break;
+            }
+            m => panic!("unexpected reply to an oversized answer: {m:?}"),
+        }
+    }
+    // 2 MiB holds six of them, plus what refills while the test sends.
+    assert!(
+        (6..=8).contains(&parsed),
+        "parsed {parsed} before the limit"
+    );
+    let message = limited.expect("the SDP budget ran out");
+    assert!(message.contains("Try again in"), "{message}");
+    h.send(&ClientMsg::Ping).await;
+    assert!(matches!(h.next().await, ServerMsg::Pong));
+    let log = sealroom_store::audit::entries(s.running.app.store.pool())
+        .await
+        .expect("log");
+    let hits: Vec<_> = log
+        .iter()
+        .filter(|e| e.entry.kind == "rate_limited" && e.entry.subject == "media")
+        .collect();
+    assert_eq!(hits.len(), 1, "one audit entry for the SDP limit");
+    assert!(
+        hits[0].entry.actor.starts_with("user:"),
+        "{:?}",
+        hits[0].entry
+    );
+
     // A host acting on someone who does not exist gets a clear error.
     h.send(&ClientMsg::Remove {
         participant_id: "ghost".into(),
