@@ -2625,4 +2625,34 @@ mod test {
             "a=max-message-size larger than u32::MAX should be treated as unbounded"
         );
     }
+
+    /// Not a check: a fixed workload for counting the SDP parser's instructions (sealroom,
+    /// `PATCHES.md`): a 48-m-line offer, as a meeting of 24 renegotiates, parsed 20 times.
+    #[test]
+    #[ignore = "a workload for callgrind, not a check"]
+    fn parse_for_instruction_counts() {
+        // Opus and VP8 only, as sealroom's SFU and clients configure it.
+        let mut rtc = Rtc::builder()
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_vp8(true)
+            .build(Instant::now());
+        let mut change = rtc.sdp_api();
+        for i in 0..48 {
+            let kind = if i % 2 == 0 {
+                MediaKind::Audio
+            } else {
+                MediaKind::Video
+            };
+            let (stream, track) = (format!("s{}", i / 2), format!("t{i}"));
+            change.add_media(kind, Direction::SendOnly, Some(stream), Some(track), None);
+        }
+        let (offer, _) = change.apply().unwrap();
+        let sdp = offer.to_sdp_string();
+        println!("{} bytes", sdp.len());
+        for _ in 0..20 {
+            let parsed = SdpOffer::from_sdp_string(std::hint::black_box(&sdp)).unwrap();
+            std::hint::black_box(parsed);
+        }
+    }
 }
