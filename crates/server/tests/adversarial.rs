@@ -588,7 +588,7 @@ async fn malformed_oversized_and_out_of_order_messages_get_clear_errors_and_chan
     h.send(&ClientMsg::Ping).await;
     assert!(matches!(h.next().await, ServerMsg::Pong));
 
-    // SDP costs the server CPU to parse (200–300 instructions a byte), so a socket that
+    // SDP costs the server CPU to parse (about 120 instructions a byte), so a socket that
     // keeps sending it runs out of its budget (2 MiB at once, then 256 KiB a second): the
     // rest is refused unread, with when to try again, and one audit entry; the socket goes on.
     let big = format!("v=0\r\n{}", "a=x-filler\r\n".repeat(25_000));

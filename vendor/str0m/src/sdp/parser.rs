@@ -807,44 +807,91 @@ where
 
     let unused = typed_line('a', any_value()).map(MediaAttribute::Unused);
 
-    // Split into two choice() calls because combine's choice macro supports at most 25 parsers.
-    //
-    // sealroom (PATCHES.md): the lines a media section has many of come first. Each
-    // alternative must take the whole line (`line` ends in `line_end`) and no line is taken by
-    // two of them, so the order changes only how many fail before one fits: upstream's order
-    // tried about twenty before an `rtcp-fb`, `rtpmap` or `fmtp` line.
-    choice((
-        attempt(choice((
-            attempt(rtcp_fb),
-            attempt(rtpmap),
-            attempt(fmtp),
-            attempt(extmap),
-            attempt(ssrc),
-            attempt(cand),
-            attempt(mid),
-            attempt(direction),
-            attempt(msid),
-            attempt(ssrc_group),
-            attempt(rid),
-            attempt(simulcast),
-            attempt(rtcpmux),
-        ))),
-        attempt(choice((
-            attempt(rtcprsize),
-            attempt(setup),
-            attempt(ice_ufrag),
-            attempt(ice_pwd),
-            attempt(ice_opt),
-            attempt(finger),
-            attempt(rtcp),
-            attempt(rtcpmuxonly),
-            attempt(endof),
-            attempt(sctp_port),
-            attempt(max_message_size),
-            attempt(sctp_init),
-        ))),
-        unused,
-    ))
+    // sealroom (PATCHES.md): the attribute's name picks the one alternative that can take the
+    // line. Each alternative takes only `a=<its name>` followed by `:` (or, for a flag, by the
+    // line's end), so no other could; upstream tried them in turn, and every failed attempt
+    // cost its error bookkeeping. A line whose alternative fails, or whose name none has, is
+    // `Unused`, as when every alternative of the old `choice` failed.
+    let (mut rtcp_fb, mut rtpmap, mut fmtp, mut extmap, mut ssrc) =
+        (rtcp_fb, rtpmap, fmtp, extmap, ssrc);
+    let (mut cand, mut mid, mut direction, mut msid, mut ssrc_group) =
+        (cand, mid, direction, msid, ssrc_group);
+    let (mut rid, mut simulcast, mut rtcpmux, mut rtcprsize, mut setup) =
+        (rid, simulcast, rtcpmux, rtcprsize, setup);
+    let (mut ice_ufrag, mut ice_pwd, mut ice_opt, mut finger, mut rtcp) =
+        (ice_ufrag, ice_pwd, ice_opt, finger, rtcp);
+    let (mut rtcpmuxonly, mut endof, mut sctp_port, mut max_message_size, mut sctp_init) =
+        (rtcpmuxonly, endof, sctp_port, max_message_size, sctp_init);
+    let mut unused = unused;
+    combine::parser(move |input: &mut Input| {
+        let before = input.checkpoint();
+        let mut name = [0u8; 20];
+        let len = attribute_name(input, &mut name);
+        input
+            .reset(before.clone())
+            .map_err(|e| Commit::Commit(e.into()))?;
+        let picked = match std::str::from_utf8(&name[..len.unwrap_or(0)]).unwrap_or("") {
+            "rtcp-fb" => Some(rtcp_fb.parse_stream(input).into_result()),
+            "rtpmap" => Some(rtpmap.parse_stream(input).into_result()),
+            "fmtp" => Some(fmtp.parse_stream(input).into_result()),
+            "extmap" => Some(extmap.parse_stream(input).into_result()),
+            "ssrc" => Some(ssrc.parse_stream(input).into_result()),
+            "candidate" => Some(cand.parse_stream(input).into_result()),
+            "mid" => Some(mid.parse_stream(input).into_result()),
+            "recvonly" | "sendrecv" | "sendonly" | "inactive" => {
+                Some(direction.parse_stream(input).into_result())
+            }
+            "msid" => Some(msid.parse_stream(input).into_result()),
+            "ssrc-group" => Some(ssrc_group.parse_stream(input).into_result()),
+            "rid" => Some(rid.parse_stream(input).into_result()),
+            "simulcast" => Some(simulcast.parse_stream(input).into_result()),
+            "rtcp-mux" => Some(rtcpmux.parse_stream(input).into_result()),
+            "rtcp-rsize" => Some(rtcprsize.parse_stream(input).into_result()),
+            "setup" => Some(setup.parse_stream(input).into_result()),
+            "ice-ufrag" => Some(ice_ufrag.parse_stream(input).into_result()),
+            "ice-pwd" => Some(ice_pwd.parse_stream(input).into_result()),
+            "ice-options" => Some(ice_opt.parse_stream(input).into_result()),
+            "fingerprint" => Some(finger.parse_stream(input).into_result()),
+            "rtcp" => Some(rtcp.parse_stream(input).into_result()),
+            "rtcp-mux-only" => Some(rtcpmuxonly.parse_stream(input).into_result()),
+            "end-of-candidates" => Some(endof.parse_stream(input).into_result()),
+            "sctp-port" => Some(sctp_port.parse_stream(input).into_result()),
+            "max-message-size" => Some(max_message_size.parse_stream(input).into_result()),
+            "sctp-init" => Some(sctp_init.parse_stream(input).into_result()),
+            _ => None,
+        };
+        match picked {
+            Some(Ok(ok)) => Ok(ok),
+            _ => {
+                input.reset(before).map_err(|e| Commit::Commit(e.into()))?;
+                unused.parse_stream(input).into_result()
+            }
+        }
+    })
+}
+
+/// Reads `a=<name>` up to `:` or the line's end into `buf` and returns the name's length;
+/// `None` for another line type or a name that is not short ASCII. Moves the input: the
+/// caller resets it.
+fn attribute_name<Input>(input: &mut Input, buf: &mut [u8; 20]) -> Option<usize>
+where
+    Input: Stream<Token = char>,
+{
+    if input.uncons().ok()? != 'a' || input.uncons().ok()? != '=' {
+        return None;
+    }
+    let mut len = 0;
+    while let Ok(c) = input.uncons() {
+        if matches!(c, ':' | '\r' | '\n') {
+            break;
+        }
+        if !c.is_ascii() || len == buf.len() {
+            return None;
+        }
+        buf[len] = c as u8;
+        len += 1;
+    }
+    Some(len)
 }
 
 // /////////////////////////////////////////////////// Generic things below
