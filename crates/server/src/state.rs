@@ -145,12 +145,15 @@ impl Limiters {
         limiter: &DefaultKeyedRateLimiter<K>,
         key: &K,
     ) -> Result<(), u64> {
-        limiter.check_key(key).map_err(|not_until| {
-            not_until
-                .wait_time_from(DefaultClock::default().now())
-                .as_secs()
-                .max(1)
-        })
+        limiter.check_key(key).map_err(|n| Self::retry_after(&n))
+    }
+
+    /// Whole seconds (at least 1) until a limiter that refused lets the next attempt in.
+    pub fn retry_after(not_until: &governor::NotUntil<<DefaultClock as Clock>::Instant>) -> u64 {
+        not_until
+            .wait_time_from(DefaultClock::default().now())
+            .as_secs()
+            .max(1)
     }
 
     /// Count a not-found refusal from `ip`; returns the count when it reaches the scan

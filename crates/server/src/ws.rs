@@ -143,12 +143,7 @@ impl Socket {
             .check_n(NonZeroU32::new(bytes).unwrap_or(NonZeroU32::MIN))
         {
             Ok(Ok(())) => return Ok(true),
-            Ok(Err(not_until)) => not_until
-                .wait_time_from(governor::clock::Clock::now(
-                    &governor::clock::DefaultClock::default(),
-                ))
-                .as_secs()
-                .max(1),
+            Ok(Err(not_until)) => Limiters::retry_after(&not_until),
             // More than the whole burst at once: cannot happen under the message limit.
             Err(_) => 60,
         };
