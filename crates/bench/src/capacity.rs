@@ -15,6 +15,13 @@ use crate::report::{added_delay_ms, Traffic};
 pub const MAX_STREAM_LOSS_P99: f64 = 0.01;
 /// A meeting passes when its p99 added delay stays below this, ms.
 pub const MAX_ADDED_DELAY_P99_MS: f64 = 10.0;
+/// A meeting is only measured when its publishers sent at least this share of their
+/// scheduled frames in the window. Loss counts against the frames sent, so without this a
+/// load generator that falls behind (it skips the frames it is late for) offers the SFU
+/// less than the meeting's load and the trial still passes: at video N = 48 it once sent
+/// 123 k of the 180 k packets per second an N = 48 meeting makes, and the search went on
+/// to report N = 61.
+pub const MIN_PUBLISHED_SHARE: f64 = 0.98;
 /// Load process CPU (% of its core) above which it, not the SFU, may be the limit.
 pub const LOAD_BOUND_CPU_PCT: f64 = 85.0;
 /// Shares of the capacity's egress packet rate at which latency is measured.
@@ -48,6 +55,15 @@ pub fn verdict(t: &Traffic, direct_p99_ms: Option<f64>) -> Verdict {
     if t.frames_received == 0 {
         reasons.push("no frames received".into());
         return Verdict { reasons };
+    }
+    let published = t.published_share();
+    if published.is_nan() || published < MIN_PUBLISHED_SHARE {
+        reasons.push(format!(
+            "the load published {:.1} % of its scheduled frames (< {:.0} %): it fell behind, \
+             so the SFU was not offered the meeting's load",
+            100.0 * published,
+            100.0 * MIN_PUBLISHED_SHARE
+        ));
     }
     let loss = t.stream_loss_p99;
     if loss.is_nan() || loss >= MAX_STREAM_LOSS_P99 {
@@ -235,6 +251,26 @@ mod tests {
         assert_eq!(v.reasons.len(), 2, "{v:?}");
         t.frames_received = 0;
         assert_eq!(verdict(&t, None).describe(), "no frames received");
+    }
+
+    #[test]
+    fn a_load_that_falls_behind_its_schedule_fails_the_trial() {
+        let mut t = Traffic::example(48, true);
+        assert!(
+            verdict(&t, Some(0.3)).pass(),
+            "{:?}",
+            verdict(&t, Some(0.3))
+        );
+        // Every frame sent arrived, in time: only the schedule was missed, as at video N = 48
+        // when the load generator's core was full.
+        t.frames_published = t.frames_published * 2 / 3;
+        let v = verdict(&t, Some(0.3));
+        assert_eq!(v.reasons.len(), 1, "{v:?}");
+        assert!(v.describe().contains("published 66."), "{}", v.describe());
+        // One frame short per publisher and kind (the window's edges) still passes.
+        let mut t = Traffic::example(48, true);
+        t.frames_published -= 2 * 48;
+        assert!(verdict(&t, Some(0.3)).pass());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use crate::capacity::{self, Phase, Verdict};
 use crate::peer::PeerReport;
-use crate::stamp::Kind;
+use crate::stamp::{Kind, AUDIO_EVERY, VIDEO_EVERY};
 use crate::system::ProcSample;
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
@@ -33,6 +33,10 @@ pub struct Traffic {
     /// Every datagram the subscribers received from the SFU during the window (media, RTCP,
     /// STUN, padding…), counted at their sockets.
     pub udp_out: u64,
+    /// Frames the publishers sent in the window, every publisher and kind. Loss counts
+    /// against these, so a load generator that falls behind its schedule (it skips the
+    /// frames it is late for) shows here, not as loss: see [`Traffic::published_share`].
+    pub frames_published: u64,
     pub frames_expected: u64,
     pub frames_received: u64,
     pub worst_stream_loss: f64,
@@ -85,6 +89,25 @@ impl Traffic {
             f64::NAN
         }
     }
+    /// Frames every publisher should send in the window on schedule: audio every
+    /// [`AUDIO_EVERY`], in video meetings also a video frame every [`VIDEO_EVERY`].
+    pub fn frames_scheduled(&self) -> f64 {
+        let mut per_second = 1.0 / AUDIO_EVERY.as_secs_f64();
+        if self.video {
+            per_second += 1.0 / VIDEO_EVERY.as_secs_f64();
+        }
+        self.n as f64 * self.seconds * per_second
+    }
+    /// The share of the scheduled frames the publishers sent: below 1 when the load
+    /// generator could not keep up, so the SFU was not offered the whole load.
+    pub fn published_share(&self) -> f64 {
+        let scheduled = self.frames_scheduled();
+        if scheduled > 0.0 {
+            self.frames_published as f64 / scheduled
+        } else {
+            f64::NAN
+        }
+    }
     pub fn loss(&self) -> f64 {
         if self.frames_expected == 0 {
             return 1.0;
@@ -117,6 +140,7 @@ impl Traffic {
             other_cpu_s: 0.0,
             media_packets: streams * 500,
             udp_out: streams * 520,
+            frames_published: n as u64 * if video { 250 + 150 } else { 250 },
             frames_expected: streams * 250,
             frames_received: streams * 250,
             worst_stream_loss: 0.0,
@@ -187,6 +211,7 @@ pub fn traffic(
             - (load.1.cpu_s - load.0.cpu_s),
         media_packets: 0,
         udp_out: datagrams,
+        frames_published: sent.values().sum(),
         frames_expected: 0,
         frames_received: 0,
         worst_stream_loss: 0.0,
@@ -1174,9 +1199,10 @@ pub fn markdown(ctx: &Context, results: &[Outcome]) -> String {
         let _ = writeln!(
             md,
             "\n## Details\n\n| Scenario | SFU | SFU CPU % | media pkt/s out | datagrams/s out \
-             | frames received / expected | worst stream loss % | delay max ms | SFU RSS idle \
-             → loaded MiB | load CPU % | other CPU % | socket drops | keyframe requests |\n\
-             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+             | frames published, % of schedule | frames received / expected | worst stream loss % \
+             | delay max ms | SFU RSS idle → loaded MiB | load CPU % | other CPU % | socket drops \
+             | keyframe requests |\n\
+             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
     }
     for o in results {
@@ -1184,12 +1210,13 @@ pub fn markdown(ctx: &Context, results: &[Outcome]) -> String {
             Ok(Data::Traffic(t)) => {
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {} | {} | {} | {} / {} | {} | {} | {} → {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {} | {} | {} / {} | {} | {} | {} → {} | {} | {} | {} | {} |",
                     o.scenario,
                     o.sfu,
                     num(t.cpu_pct(), 1),
                     num(t.media_pps(), 0),
                     num(t.udp_out_pps(), 0),
+                    num(100.0 * t.published_share(), 1),
                     t.frames_received,
                     t.frames_expected,
                     num(100.0 * t.worst_stream_loss, 2),
@@ -1205,7 +1232,7 @@ pub fn markdown(ctx: &Context, results: &[Outcome]) -> String {
             Ok(Data::Join(j)) => {
                 let _ = writeln!(
                     md,
-                    "| {} | {} | join times ms: {} | | | | | | | | | | |",
+                    "| {} | {} | join times ms: {} | | | | | | | | | | | |",
                     o.scenario,
                     o.sfu,
                     j.times_ms
@@ -1218,7 +1245,7 @@ pub fn markdown(ctx: &Context, results: &[Outcome]) -> String {
             Ok(Data::JoinLoad(j)) => {
                 let _ = writeln!(
                     md,
-                    "| {} | {} | frames among members: {} before, {} while joining | | | | | \
+                    "| {} | {} | frames among members: {} before, {} while joining | | | | | | \
                      {} | | | | | |",
                     o.scenario,
                     o.sfu,
@@ -1232,7 +1259,7 @@ pub fn markdown(ctx: &Context, results: &[Outcome]) -> String {
             Err(e) => {
                 let _ = writeln!(
                     md,
-                    "| {} | {} | failed: {} | | | | | | | | | | |",
+                    "| {} | {} | failed: {} | | | | | | | | | | | |",
                     o.scenario,
                     o.sfu,
                     cell_text(e)
@@ -1367,7 +1394,7 @@ fn capacity_details(results: &[Outcome], direct: Option<(f64, f64)>) -> String {
 }
 
 /// The columns of the CSV, in order.
-const CSV_COLUMNS: [&str; 40] = [
+const CSV_COLUMNS: [&str; 41] = [
     "scenario",
     "sfu",
     "n",
@@ -1406,6 +1433,7 @@ const CSV_COLUMNS: [&str; 40] = [
     "rss_per_participant_kib",
     "frame_delay_p50_ms",
     "frame_delay_p99_ms",
+    "published_pct",
     "note",
     "error",
 ];
@@ -1452,6 +1480,10 @@ impl CsvRow {
         self.set("media_pkt_per_cpu_s", format!("{:.0}", t.efficiency()));
         self.set("frames_expected", t.frames_expected);
         self.set("frames_received", t.frames_received);
+        self.set(
+            "published_pct",
+            format!("{:.2}", 100.0 * t.published_share()),
+        );
         self.set("loss_pct", format!("{:.4}", 100.0 * t.loss()));
         self.set(
             "worst_stream_loss_pct",
@@ -1829,6 +1861,19 @@ mod tests {
             &results,
         );
         assert!(md.contains("| join storm N=2 | join → first remote frame p50, ms | failed | 5 |"));
+        // The details table: every row (a measurement, join times, a failure) has the
+        // header's cells.
+        let details: Vec<usize> = md
+            .split("## Details")
+            .nth(1)
+            .unwrap_or_default()
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| l.matches('|').count())
+            .collect();
+        assert_eq!(details.len(), 5, "{md}");
+        assert!(details.iter().all(|c| *c == details[0]), "{details:?}");
     }
 
     fn trial(n: usize, role: Role, loss: f64, delay: f64, load_pct: f64) -> Trial {
