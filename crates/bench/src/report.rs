@@ -1282,7 +1282,10 @@ fn cell_text(s: &str) -> String {
 fn capacity_method(ctx: &Context) -> String {
     format!(
         "Capacity: the largest N-by-N meeting within the limits, p99 stream loss under {:.0} % \
-         and p99 added delay under {:.0} ms. *p99 stream loss* is the 99th percentile \
+         and p99 added delay under {:.0} ms, with the load publishing at least {:.0} % of its \
+         scheduled frames (a load generator that falls behind skips frames, which no receiver \
+         then misses: the SFU was not offered the meeting's load). *p99 stream loss* is the \
+         99th percentile \
          (nearest rank) over every (receiver, publisher stream) pair — N·(N−1) pairs in an \
          audio meeting, 2·N·(N−1) in a video meeting, where a publisher's audio and video are \
          separate streams — of the share of the frames sent on that stream in the window that \
@@ -1295,6 +1298,7 @@ fn capacity_method(ctx: &Context) -> String {
          capacity's.\n",
         100.0 * capacity::MAX_STREAM_LOSS_P99,
         capacity::MAX_ADDED_DELAY_P99_MS,
+        100.0 * capacity::MIN_PUBLISHED_SHARE,
         if ctx.direct_delay_ms.is_some() {
             ""
         } else {
