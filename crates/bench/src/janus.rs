@@ -35,7 +35,7 @@ pub struct JanusOptions {
 pub struct Janus {
     child: tokio::process::Child,
     pub pid: u32,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     base: String,
     http: reqwest::Client,
     rooms: u64,
@@ -181,7 +181,7 @@ impl Janus {
         Ok(Janus {
             child,
             pid,
-            _dir: dir,
+            dir,
             base,
             http,
             rooms: 0,
@@ -238,6 +238,11 @@ impl Janus {
 
     pub fn describe(&self) -> String {
         format!("Janus {}", self.version)
+    }
+
+    /// The last lines of Janus's log, for a failure's report.
+    pub fn log_tail(&self) -> String {
+        tail(&self.dir.path().join("janus.log"))
     }
 
     pub async fn stop(mut self) {

@@ -260,6 +260,15 @@ enum Room {
 }
 
 impl Server {
+    /// The last lines of the SFU's log: printed when a scenario on it fails, since its data
+    /// directory (and the log with it) goes when it stops.
+    fn log_tail(&self) -> String {
+        match self {
+            Server::Sealroom(s) => s.log_tail(),
+            Server::Janus(j) => j.log_tail(),
+        }
+    }
+
     fn pid(&self) -> u32 {
         match self {
             Server::Sealroom(s) => s.pid,
@@ -384,6 +393,9 @@ async fn traffic(
 ) -> anyhow::Result<Traffic> {
     let mut server = env.start(which).await?;
     let result = traffic_on(env, &mut server, n, media, seconds).await;
+    if result.is_err() {
+        eprintln!("  the SFU's log ends:\n{}", server.log_tail());
+    }
     server.stop().await;
     result
 }

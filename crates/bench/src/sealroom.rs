@@ -241,6 +241,11 @@ impl Sealroom {
         format!("sealroom ({})", self.bin.display())
     }
 
+    /// The last lines of the server's log (warnings and errors), for a failure's report.
+    pub fn log_tail(&self) -> String {
+        tail(&self.dir.path().join("serve.log"))
+    }
+
     pub async fn stop(mut self) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;

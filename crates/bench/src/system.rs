@@ -33,8 +33,10 @@ impl ProcSample {
         let at = Instant::now();
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .with_context(|| format!("process {pid} is gone"))?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let snmp = std::fs::read_to_string(format!("/proc/{pid}/net/snmp"))?;
+        // A process that exited but is not yet reaped still has its stat, not its net/.
+        let gone = || format!("process {pid} is gone");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(gone)?;
+        let snmp = std::fs::read_to_string(format!("/proc/{pid}/net/snmp")).with_context(gone)?;
         let cpu_s = cpu_seconds(&stat).context("unreadable /proc/<pid>/stat")?;
         let kib = |field: &str| {
             status
