@@ -167,6 +167,8 @@ pub struct MediaStats {
     pub offers_answered: u64,
     /// Datagrams dropped because they came from an address that is not the SFU's.
     pub foreign_datagrams: u64,
+    /// The SFU's addresses (its host candidates), the only ones media goes to and comes from.
+    pub sfu_addresses: Vec<SocketAddr>,
     /// ICE state, as str0m reports it.
     pub ice: String,
     /// Every remote track ever received on, by mid: frames as they arrived (ciphertext),
@@ -842,6 +844,17 @@ impl Task {
         }
     }
 
+    /// Accept media from (and show) the SFU addresses an SDP of the SFU names.
+    fn learn_sfu_addresses(&mut self, sdp: &str) {
+        let before = self.sfu_addrs.len();
+        self.sfu_addrs.extend(candidates(sdp));
+        if self.sfu_addrs.len() != before {
+            let mut all: Vec<SocketAddr> = self.sfu_addrs.iter().copied().collect();
+            all.sort();
+            lock(&self.stats).sfu_addresses = all;
+        }
+    }
+
     async fn signaling(&mut self, m: ServerMsg) -> Step {
         let now = Instant::now();
         if let ServerMsg::Admitted {
@@ -876,7 +889,7 @@ impl Task {
                     Ok(a) => a,
                     Err(e) => return Step::End(format!("protocol: media answer: {e}")),
                 };
-                self.sfu_addrs.extend(candidates(&sdp));
+                self.learn_sfu_addresses(&sdp);
                 if let Err(e) = self.rtc.sdp_api().accept_answer(pending, answer) {
                     return Step::End(format!("protocol: media answer: {e}"));
                 }
@@ -887,7 +900,7 @@ impl Task {
                     Ok(o) => o,
                     Err(e) => return Step::End(format!("protocol: media offer: {e}")),
                 };
-                self.sfu_addrs.extend(candidates(&sdp));
+                self.learn_sfu_addresses(&sdp);
                 let answer = match self.rtc.sdp_api().accept_offer(offer) {
                     Ok(a) => a,
                     Err(e) => return Step::End(format!("protocol: media offer: {e}")),

@@ -29,7 +29,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Run the server (local mode on http://localhost:8443 with no configuration).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage people.
     #[command(subcommand)]
     User(UserCmd),
@@ -896,6 +896,13 @@ async fn serve(cfg: Config) -> anyhow::Result<ExitCode> {
     println!(
         "sealroom listening on {} — open {}",
         running.addr, running.origin
+    );
+    let media: Vec<String> = running.media_addrs.iter().map(|a| a.to_string()).collect();
+    println!(
+        "Media on UDP {} ({} shard{}).",
+        media.join(", "),
+        media.len(),
+        if media.len() == 1 { "" } else { "s" }
     );
     if local {
         println!("Local mode: plain HTTP on loopback only (browsers treat localhost as a secure context).");

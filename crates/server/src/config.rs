@@ -54,6 +54,10 @@ pub struct ServeArgs {
     /// Address clients send media to, if not the media listen address (1:1 NAT in front).
     #[arg(long, env = "SEALROOM_MEDIA_ADVERTISE")]
     pub media_advertise: Option<SocketAddr>,
+    /// Media shards, 1 to 64: each forwards its meetings on one core, with its own UDP port
+    /// (the media port + k, advertised likewise). A meeting stays on one shard. [default: 1]
+    #[arg(long, env = "SEALROOM_MEDIA_SHARDS")]
+    pub media_shards: Option<usize>,
     /// Address ranges (CIDR, comma-separated) from which `internal` meetings may be joined.
     #[arg(long, env = "SEALROOM_INTERNAL_NETWORKS", value_delimiter = ',')]
     pub internal_networks: Option<Vec<ipnet::IpNet>>,
@@ -116,6 +120,8 @@ pub struct FileConfig {
     pub listen: Option<SocketAddr>,
     pub media_listen: Option<SocketAddr>,
     pub media_advertise: Option<SocketAddr>,
+    /// Media shards (1 to 64), each with its own UDP port: the media port + k. [default: 1]
+    pub media_shards: Option<usize>,
     pub public_url: Option<String>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -204,6 +210,9 @@ pub enum Tls {
     SelfSigned,
 }
 
+/// More media shards than this is a typo: each is a core's worth of forwarding.
+const MAX_MEDIA_SHARDS: usize = 64;
+
 /// The resolved configuration of a running server.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -211,6 +220,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub media_listen: SocketAddr,
     pub media_advertise: Option<SocketAddr>,
+    /// Media shards: meetings spread over this many SFU cores, shard k on the media port + k.
+    pub media_shards: usize,
     /// Set explicitly; otherwise derived from the bound address at start.
     pub public_url: Option<String>,
     pub tls: Tls,
@@ -292,6 +303,10 @@ impl Config {
                 bail!("public URL {u} must be scheme://host[:port] with no path");
             }
         }
+        let media_shards = flags.media_shards.or(file.media_shards).unwrap_or(1);
+        if !(1..=MAX_MEDIA_SHARDS).contains(&media_shards) {
+            bail!("media_shards must be 1 to {MAX_MEDIA_SHARDS}, not {media_shards}");
+        }
         let mut levels = file.levels.clone().unwrap_or_default();
         if let Some(n) = &flags.internal_networks {
             levels.internal.networks = n.clone();
@@ -333,6 +348,7 @@ impl Config {
             listen,
             media_listen: flags.media_listen.or(file.media_listen).unwrap_or(listen),
             media_advertise: flags.media_advertise.or(file.media_advertise),
+            media_shards,
             public_url,
             tls,
             first_admin: flags
@@ -474,6 +490,37 @@ force_lobby = true
             .networks
             .known_ranges
             .contains(&"198.18.5.0/24".parse().expect("net")));
+    }
+
+    #[test]
+    fn media_shards_default_to_one_and_out_of_range_is_refused() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let c = Config::resolve(&data(d.path(), None), &ServeArgs::default()).expect("resolve");
+        assert_eq!(c.media_shards, 1);
+        let c = Config::resolve(
+            &data(d.path(), Some("media_shards = 4")),
+            &ServeArgs::default(),
+        )
+        .expect("resolve");
+        assert_eq!(c.media_shards, 4);
+        let flags = ServeArgs {
+            media_shards: Some(2),
+            ..ServeArgs::default()
+        };
+        let c =
+            Config::resolve(&data(d.path(), Some("media_shards = 4")), &flags).expect("resolve");
+        assert_eq!(c.media_shards, 2, "the flag wins");
+        for n in [0, 65] {
+            let flags = ServeArgs {
+                media_shards: Some(n),
+                ..ServeArgs::default()
+            };
+            let err = Config::resolve(&data(d.path(), None), &flags).expect_err("out of range");
+            assert!(
+                err.to_string().contains("media_shards must be 1 to 64"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -1,6 +1,13 @@
-//! The media edge: owns the one UDP socket and the clock, and drives the sans-IO SFU core
+//! The media edge: owns the UDP sockets and the clock, and drives the sans-IO SFU core
 //! (`sealroom-sfu`). Signaling reaches it as commands; what the core decides comes back as
 //! events for the socket tasks, routed through the hub.
+//!
+//! It runs as one or more *shards* (`media_shards`, default 1): each is a task with its own
+//! SFU core and UDP socket (shard k on the media port + k), so meetings spread over the
+//! runtime's worker threads, one core each at most. A meeting lives on one shard, since its
+//! participants forward to each other: the first participant of a meeting places it on the
+//! shard with the fewest participants, and it stays there until its last participant's
+//! transport goes ([`Placement`]).
 //!
 //! The SFU participant id of an admitted socket is its hub `SocketId`, so every path out of
 //! a meeting (leave, removal, revocation, disconnect) removes its transport through
@@ -13,6 +20,7 @@ use sealroom_sfu::{
 };
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
@@ -94,14 +102,82 @@ enum Cmd {
     },
 }
 
-/// Commands to the media task.
+/// Commands to the media shards, each routed to the shard of the participant's meeting.
 #[derive(Clone, Debug)]
 pub struct MediaHandle {
+    shards: Arc<[Shard]>,
+    placement: Arc<Mutex<Placement>>,
+}
+
+/// One media shard: its task's command queue and its socket's addresses.
+#[derive(Debug)]
+struct Shard {
     tx: mpsc::UnboundedSender<Cmd>,
-    /// The UDP address media arrives at.
-    pub local: SocketAddr,
-    /// The address advertised as the ICE host candidate.
-    pub advertised: SocketAddr,
+    /// The UDP address its media arrives at.
+    local: SocketAddr,
+    /// The address it advertises as the ICE host candidate.
+    advertised: SocketAddr,
+}
+
+/// Which shard each meeting (SFU room) and each participant's transport is on.
+///
+/// Plain bookkeeping under a lock, done in the signaling task that sends the command, so a
+/// participant's commands always reach the shard it was placed on, in order.
+#[derive(Debug)]
+struct Placement {
+    /// Transports placed on each shard.
+    load: Vec<usize>,
+    /// Meeting → (shard, transports placed with it).
+    rooms: HashMap<u64, (usize, usize)>,
+    /// Transport (signaling socket id) → (shard, meeting).
+    sockets: HashMap<u64, (usize, u64)>,
+}
+
+impl Placement {
+    fn new(shards: usize) -> Placement {
+        Placement {
+            load: vec![0; shards.max(1)],
+            rooms: HashMap::new(),
+            sockets: HashMap::new(),
+        }
+    }
+
+    /// The shard of `socket`, placing it with its meeting if it is not placed yet: on the
+    /// meeting's shard, or for a meeting with nobody placed, on the least loaded shard (the
+    /// lowest index of equals).
+    fn place(&mut self, socket: u64, room: u64) -> usize {
+        if let Some((shard, _)) = self.sockets.get(&socket) {
+            return *shard;
+        }
+        let load = &self.load;
+        let entry = self.rooms.entry(room).or_insert_with(|| {
+            let least = (0..load.len()).min_by_key(|k| load[*k]).unwrap_or(0);
+            (least, 0)
+        });
+        entry.1 += 1;
+        let shard = entry.0;
+        self.load[shard] += 1;
+        self.sockets.insert(socket, (shard, room));
+        shard
+    }
+
+    fn shard_of(&self, socket: u64) -> Option<usize> {
+        self.sockets.get(&socket).map(|(shard, _)| *shard)
+    }
+
+    /// Forget `socket`; its meeting is forgotten with its last transport, so it may be
+    /// placed afresh next time.
+    fn release(&mut self, socket: u64) -> Option<usize> {
+        let (shard, room) = self.sockets.remove(&socket)?;
+        self.load[shard] -= 1;
+        if let std::collections::hash_map::Entry::Occupied(mut e) = self.rooms.entry(room) {
+            e.get_mut().1 -= 1;
+            if e.get().1 == 0 {
+                e.remove();
+            }
+        }
+        Some(shard)
+    }
 }
 
 impl std::fmt::Debug for Cmd {
@@ -122,8 +198,16 @@ impl MediaHandle {
         let pid = ParticipantId(socket);
         let offer = sealroom_sfu::parse_offer(pid, &sdp).map_err(|e| e.to_string())?;
         let offer = Box::new(offer);
+        let shard = {
+            let mut placement = self.lock();
+            match &join {
+                Some(j) => placement.place(socket, j.room),
+                None => placement.shard_of(socket).ok_or(NO_SESSION)?,
+            }
+        };
         let (reply, rx) = oneshot::channel();
-        self.tx
+        self.shards[shard]
+            .tx
             .send(Cmd::Offer {
                 socket,
                 join,
@@ -140,8 +224,10 @@ impl MediaHandle {
         let pid = ParticipantId(socket);
         let answer = sealroom_sfu::parse_answer(pid, &sdp).map_err(|e| e.to_string())?;
         let answer = Box::new(answer);
+        let shard = self.lock().shard_of(socket).ok_or(NO_SESSION)?;
         let (reply, rx) = oneshot::channel();
-        self.tx
+        self.shards[shard]
+            .tx
             .send(Cmd::Answer {
                 socket,
                 answer,
@@ -153,9 +239,27 @@ impl MediaHandle {
 
     /// Tear the participant's transport down now (idempotent).
     pub fn remove(&self, socket: u64) {
-        let _ = self.tx.send(Cmd::Remove { socket });
+        if let Some(shard) = self.lock().release(socket) {
+            let _ = self.shards[shard].tx.send(Cmd::Remove { socket });
+        }
+    }
+
+    /// Each shard's (local, advertised) UDP address, by shard.
+    pub fn addresses(&self) -> Vec<(SocketAddr, SocketAddr)> {
+        self.shards
+            .iter()
+            .map(|s| (s.local, s.advertised))
+            .collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Placement> {
+        // The bookkeeping is consistent after every statement that can panic.
+        self.placement.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
+
+/// A command for a participant that has no media transport (never offered, or removed).
+const NO_SESSION: &str = "no media session";
 
 /// One entry of a participant's track list as last sent: which publisher's source its
 /// receiving mid carries.
@@ -174,31 +278,56 @@ struct Part {
     sent_tracks: Vec<SentTrack>,
 }
 
-/// Bind the UDP socket and start the media task. Events go to `events` as (socket, event).
+/// Bind the shards' UDP sockets and start their tasks. Shard k listens on `bind`'s port + k
+/// and advertises `advertise`'s port + k (with port 0, each takes a free port). Events go to
+/// `events` as (socket, event).
 pub async fn start(
     bind: SocketAddr,
     advertise: Option<SocketAddr>,
+    shards: usize,
     connect_timeout: std::time::Duration,
     events: mpsc::UnboundedSender<(u64, MediaEvent)>,
 ) -> anyhow::Result<MediaHandle> {
-    let socket = bind_media(bind)?;
-    let local = socket.local_addr()?;
-    let advertised = advertise.unwrap_or(local);
-    if advertised.ip().is_unspecified() {
-        anyhow::bail!(
-            "media is bound to {local}: set an address to advertise to clients (--media-advertise)"
-        );
+    let shards = shards.max(1);
+    let mut started = Vec::with_capacity(shards);
+    for k in 0..shards {
+        let socket = bind_media(shard_address(bind, k)?)?;
+        let local = socket.local_addr()?;
+        let advertised = match advertise {
+            Some(a) => shard_address(a, k)?,
+            None => local,
+        };
+        if advertised.ip().is_unspecified() {
+            anyhow::bail!(
+                "media is bound to {local}: set an address to advertise to clients (--media-advertise)"
+            );
+        }
+        let mut config = SfuConfig::new(vec![advertised]);
+        config.connect_timeout = connect_timeout;
+        let sfu = Sfu::new(config).map_err(|e| anyhow::anyhow!("SFU: {e}"))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(sfu, socket, advertised, rx, events.clone()));
+        started.push(Shard {
+            tx,
+            local,
+            advertised,
+        });
     }
-    let mut config = SfuConfig::new(vec![advertised]);
-    config.connect_timeout = connect_timeout;
-    let sfu = Sfu::new(config).map_err(|e| anyhow::anyhow!("SFU: {e}"))?;
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(sfu, socket, advertised, rx, events));
     Ok(MediaHandle {
-        tx,
-        local,
-        advertised,
+        shards: started.into(),
+        placement: Arc::new(Mutex::new(Placement::new(shards))),
     })
+}
+
+/// Shard k's address: `base` with its port + k (port 0 stays 0: any free port).
+fn shard_address(base: SocketAddr, k: usize) -> anyhow::Result<SocketAddr> {
+    if base.port() == 0 {
+        return Ok(base);
+    }
+    let port = u16::try_from(usize::from(base.port()) + k).map_err(|_| {
+        anyhow::anyhow!("media shard {k}: port {} + {k} is past 65535", base.port())
+    })?;
+    Ok(SocketAddr::new(base.ip(), port))
 }
 
 /// The media socket, with socket buffers sized for a large meeting. The kernel's default
@@ -294,7 +423,7 @@ fn apply(sfu: &mut Sfu, parts: &mut HashMap<u64, Part>, cmd: Cmd) {
                 }
             }
             let Some(part) = parts.get_mut(&socket) else {
-                let _ = reply.send(Err("no media session".into()));
+                let _ = reply.send(Err(NO_SESSION.into()));
                 return;
             };
             part.sources = sources.into_iter().collect();
@@ -524,6 +653,69 @@ mod tests {
             .expect("a datagram arrives")
             .expect("receive");
         buf[..n].to_vec()
+    }
+
+    #[test]
+    fn a_meeting_stays_on_one_shard_and_new_meetings_go_to_the_least_loaded() {
+        let mut p = Placement::new(3);
+        // Meeting 7 opens on shard 0 (all empty: the lowest index); its members follow it.
+        assert_eq!(p.place(1, 7), 0);
+        assert_eq!(p.place(2, 7), 0);
+        assert_eq!(p.place(3, 7), 0);
+        // New meetings go to the emptiest shard.
+        assert_eq!(p.place(4, 8), 1);
+        assert_eq!(p.place(5, 9), 2);
+        assert_eq!(p.place(6, 9), 2);
+        assert_eq!(
+            p.place(7, 10),
+            1,
+            "shard 1 has 1, shard 2 has 2, shard 0 has 3"
+        );
+        // Placing a placed transport again changes nothing, whatever meeting it names.
+        assert_eq!(p.place(1, 10), 0);
+        assert_eq!(p.load, vec![3, 2, 2]);
+        assert_eq!(p.shard_of(5), Some(2));
+        assert_eq!(p.shard_of(99), None);
+    }
+
+    #[test]
+    fn a_meeting_is_forgotten_with_its_last_transport() {
+        let mut p = Placement::new(2);
+        assert_eq!(p.place(1, 7), 0);
+        assert_eq!(p.place(2, 7), 0);
+        assert_eq!(p.place(3, 8), 1);
+        assert_eq!(p.release(1), Some(0));
+        assert_eq!(p.release(1), None, "release is idempotent");
+        assert_eq!(p.shard_of(1), None);
+        // Meeting 7 still has a member on shard 0: a newcomer joins it there, though shard 0
+        // and 1 are equally loaded.
+        assert_eq!(p.place(4, 7), 0);
+        assert_eq!(p.release(2), Some(0));
+        assert_eq!(p.release(4), Some(0));
+        assert!(!p.rooms.contains_key(&7));
+        assert_eq!(p.load, vec![0, 1]);
+        // Empty now, meeting 7 is placed afresh: on the emptiest shard.
+        assert_eq!(p.place(5, 8), 1);
+        assert_eq!(p.place(6, 7), 0);
+        assert_eq!(p.release(3), Some(1));
+        assert_eq!(p.release(5), Some(1));
+        assert_eq!(p.place(9, 7), 0, "meeting 7 stays where its member is");
+        assert!(p.sockets.len() == 2 && p.rooms.len() == 1);
+    }
+
+    #[test]
+    fn shard_ports_follow_the_base_port() {
+        let base: SocketAddr = "127.0.0.1:8443".parse().expect("address");
+        assert_eq!(shard_address(base, 0).expect("fits"), base);
+        assert_eq!(
+            shard_address(base, 3).expect("fits"),
+            "127.0.0.1:8446".parse::<SocketAddr>().expect("address")
+        );
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
+        assert_eq!(shard_address(any, 5).expect("any port"), any);
+        let last: SocketAddr = "127.0.0.1:65535".parse().expect("address");
+        let e = shard_address(last, 1).expect_err("past the last port");
+        assert!(e.to_string().contains("past 65535"), "{e}");
     }
 
     #[tokio::test]

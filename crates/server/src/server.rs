@@ -16,8 +16,8 @@ use tokio::task::JoinHandle;
 /// A running server.
 pub struct Running {
     pub addr: SocketAddr,
-    /// Where clients send media (UDP).
-    pub media_addr: SocketAddr,
+    /// Where clients send media (UDP), by media shard.
+    pub media_addrs: Vec<SocketAddr>,
     pub origin: String,
     pub app: AppRef,
     /// The first-admin enrolment link, when the database had no admin.
@@ -134,12 +134,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let media = crate::media::start(
         app.config.media_listen,
         app.config.media_advertise,
+        app.config.media_shards,
         app.config.media_connect_timeout,
         events_tx,
     )
     .await
     .context("starting media (UDP)")?;
-    let media_addr = media.advertised;
+    let media_addrs = media.addresses().into_iter().map(|(_, a)| a).collect();
     app.hub.set_media(media);
     tokio::spawn(route_media_events(app.clone(), events_rx));
 
@@ -171,7 +172,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     };
     Ok(Running {
         addr,
-        media_addr,
+        media_addrs,
         origin,
         app,
         first_admin_link,

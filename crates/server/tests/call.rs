@@ -270,7 +270,7 @@ async fn three_native_clients_exchange_media_and_removal_cuts_within_a_second() 
     for _ in 0..4 {
         junk_sockets.push(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
     }
-    let media = s.running.media_addr;
+    let media = s.running.media_addrs[0];
     let mut sent = 0;
     for round in 0..5 {
         for (k, sock) in junk_sockets.iter().enumerate() {
@@ -380,6 +380,90 @@ async fn three_native_clients_exchange_media_and_removal_cuts_within_a_second() 
     }
 }
 
+/// Both participants of a two-person call receive both sources of the other.
+fn pair_flowing(a: &MediaSession, pa: &str, b: &MediaSession, pb: &str) -> bool {
+    counts(&a.stats(), &[pb]).iter().all(|n| *n > 0)
+        && counts(&b.stats(), &[pa]).iter().all(|n| *n > 0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meetings_spread_over_media_shards_each_on_its_own_port() {
+    let s = server_with(|c| c.media_shards = 2).await;
+    let addrs = s.running.media_addrs.clone();
+    assert_eq!(addrs.len(), 2, "{addrs:?}");
+    assert_ne!(addrs[0], addrs[1]);
+    let host = s.passkey_user("hana", Role::Organiser).await;
+    let mut members = Vec::new();
+    for name in ["alice", "bob", "carol", "dave", "erin", "frank"] {
+        members.push(s.member(name).await);
+    }
+    let mut meetings = Vec::new();
+    let mut hosts = Vec::new();
+    for pair in [["alice", "bob"], ["carol", "dave"], ["erin", "frank"]] {
+        let id = s
+            .meeting("hana", meeting_req(Level::Open, &pair, &["hana"], false))
+            .await;
+        let mut h = host.ws().await;
+        assert!(matches!(h.join(&id).await, ServerMsg::Admitted { .. }));
+        hosts.push(h);
+        meetings.push(id);
+    }
+
+    // Meeting A opens on shard 0, meeting B on the emptier shard 1.
+    let (a1, pa1) = join_with_media(&members[0], &meetings[0]).await;
+    let (a2, pa2) = join_with_media(&members[1], &meetings[0]).await;
+    let (mut b1, pb1) = join_with_media(&members[2], &meetings[1]).await;
+    let (mut b2, pb2) = join_with_media(&members[3], &meetings[1]).await;
+    let ok = until(Duration::from_secs(10), || {
+        pair_flowing(&a1, &pa1, &a2, &pa2) && pair_flowing(&b1, &pb1, &b2, &pb2)
+    })
+    .await;
+    assert!(ok, "not both meetings forward media");
+    for (session, shard) in [(&a1, 0), (&a2, 0), (&b1, 1), (&b2, 1)] {
+        let st = session.stats();
+        assert_eq!(
+            st.sfu_addresses,
+            vec![addrs[shard]],
+            "expected shard {shard}"
+        );
+        assert_eq!(st.ended, None);
+    }
+    // Nothing crosses between the meetings.
+    for p in [&pb1, &pb2] {
+        assert!(counts(&a1.stats(), &[p]).iter().all(|n| *n == 0));
+    }
+    for p in [&pa1, &pa2] {
+        assert!(counts(&b1.stats(), &[p]).iter().all(|n| *n == 0));
+    }
+
+    // B ends: its shard is empty, so meeting C opens there, not beside A.
+    for session in [&mut b1, &mut b2] {
+        session.send(ClientMsg::Leave).expect("send leave");
+        expect_event(session, "left", |m| matches!(m, ServerMsg::Left)).await;
+    }
+    let (c1, pc1) = join_with_media(&members[4], &meetings[2]).await;
+    let (c2, pc2) = join_with_media(&members[5], &meetings[2]).await;
+    let ok = until(Duration::from_secs(10), || {
+        pair_flowing(&c1, &pc1, &c2, &pc2)
+    })
+    .await;
+    assert!(ok, "meeting C does not forward media");
+    for session in [&c1, &c2] {
+        assert_eq!(session.stats().sfu_addresses, vec![addrs[1]]);
+    }
+    // A goes on undisturbed on shard 0.
+    let before = counts(&a1.stats(), &[&pa2]);
+    let ok = until(Duration::from_secs(5), || {
+        counts(&a1.stats(), &[&pa2])
+            .iter()
+            .zip(&before)
+            .all(|(now, then)| now > then)
+    })
+    .await;
+    assert!(ok, "meeting A stopped forwarding");
+    drop(hosts);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_participant_never_admitted_gets_no_media_transport() {
     let s = server().await;
@@ -441,7 +525,7 @@ async fn a_participant_never_admitted_gets_no_media_transport() {
     let socket = UdpSocket::bind(local).await.expect("rebind");
     for ufrag in ["aaaa:bbbb", "x:y", "dora:dora", "srvufrag1:local", ""] {
         socket
-            .send_to(&stun_binding_request(ufrag), s.running.media_addr)
+            .send_to(&stun_binding_request(ufrag), s.running.media_addrs[0])
             .await
             .expect("send");
     }
