@@ -123,11 +123,7 @@ events: {{
 
 impl Janus {
     /// Start Janus in `net`'s namespace, pinned to `cpu`; returns once its API answers.
-    pub async fn start(
-        opts: &JanusOptions,
-        net: &Net,
-        cpu: Option<usize>,
-    ) -> anyhow::Result<Janus> {
+    pub async fn start(opts: &JanusOptions, net: &Net, cpu: Option<&str>) -> anyhow::Result<Janus> {
         let Net::Netns { iface, .. } = net else {
             bail!("Janus needs a network namespace (it gathers no ICE candidates on loopback)");
         };

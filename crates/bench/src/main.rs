@@ -102,9 +102,18 @@ struct Args {
     /// handle). One loop matches an SFU pinned to one core.
     #[arg(long, default_value_t = 1)]
     janus_event_loops: u32,
-    /// The core the SFU is pinned to.
-    #[arg(long, default_value_t = 0)]
-    sfu_cpu: usize,
+    /// The cores the SFU is pinned to, as taskset takes them: `0`, or `0,1` for an SFU
+    /// spread over cores (`--media-shards`, `--janus-event-loops`).
+    #[arg(long, default_value = "0")]
+    sfu_cpu: String,
+    /// Meetings of each forwarding scenario's size that run at once on the one SFU: the
+    /// scenario is then M meetings of N, each N-by-N (participant i in meeting i / N).
+    #[arg(long, default_value_t = 1)]
+    meetings: usize,
+    /// sealroom's `--media-shards`: its meetings spread over this many SFU cores, each
+    /// meeting on one.
+    #[arg(long, default_value_t = 1)]
+    media_shards: usize,
     /// The core the load generator (this process) is pinned to.
     #[arg(long, default_value_t = 1)]
     load_cpu: usize,
@@ -314,8 +323,8 @@ struct Env {
 }
 
 impl Env {
-    fn sfu_cpu(&self) -> Option<usize> {
-        (!self.args.no_pin).then_some(self.args.sfu_cpu)
+    fn sfu_cpu(&self) -> Option<&str> {
+        (!self.args.no_pin).then_some(self.args.sfu_cpu.as_str())
     }
 
     async fn start(&self, which: Which) -> anyhow::Result<Server> {
@@ -329,8 +338,13 @@ impl Env {
                 Server::Janus(janus::Janus::start(&opts, &self.net, self.sfu_cpu()).await?)
             }
             _ => Server::Sealroom(
-                sealroom::Sealroom::start(&self.args.sealroom_bin, &self.net, self.sfu_cpu())
-                    .await?,
+                sealroom::Sealroom::start(
+                    &self.args.sealroom_bin,
+                    &self.net,
+                    self.sfu_cpu(),
+                    self.args.media_shards,
+                )
+                .await?,
             ),
         })
     }
@@ -411,24 +425,40 @@ async fn traffic_on(
     let pid = server.pid();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle = ProcSample::read(pid)?;
-    let room = server.room(n).await?;
+    // `--meetings` M: meeting m's participants are m·N … m·N + N − 1 (their stamps say so).
+    let meetings = env.args.meetings.max(1);
+    let mut rooms = Vec::with_capacity(meetings);
+    for _ in 0..meetings {
+        rooms.push(server.room(n).await?);
+    }
     let mut ps = Vec::new();
-    for i in 0..n {
-        let mut cfg = env.peer(i, true, video);
-        cfg.simulcast = media == Media::Simulcast;
-        ps.push(server.join(&room, i, cfg)?);
+    for (m, room) in rooms.iter().enumerate() {
+        for i in 0..n {
+            let mut cfg = env.peer(m * n + i, true, video);
+            cfg.simulcast = media == Media::Simulcast;
+            ps.push(server.join(room, i, cfg)?);
+        }
     }
     let streams = (n - 1) * if video { 2 } else { 1 };
     all_receiving(&ps, streams, Duration::from_secs(30))
         .await
-        .with_context(|| format!("joining {n} participants to {}", server.describe()))?;
+        .with_context(|| {
+            format!(
+                "joining {meetings} meeting(s) of {n} participants to {}",
+                server.describe()
+            )
+        })?;
     tokio::time::sleep(Duration::from_secs(env.args.warmup)).await;
     let me = std::process::id();
     let dgrams = |ps: &[Participant]| ps.iter().map(Participant::datagrams).sum::<u64>();
     let (s0, l0, d0) = (ProcSample::read(pid)?, ProcSample::read(me)?, dgrams(&ps));
+    // The threads are read inside the process's readings, so no thread's share can exceed
+    // the process's CPU.
+    let threads0 = system::thread_cpu(pid);
     // bench/profile.sh waits for this line to attach perf to the SFU for the window.
     eprintln!("  window: {seconds} s, SFU pid {pid}");
     tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let busiest_thread = system::busiest_thread_s(&threads0, &system::thread_cpu(pid));
     let (s1, l1, d1) = (ProcSample::read(pid)?, ProcSample::read(me)?, dgrams(&ps));
     if let Some((i, e)) = ps
         .iter()
@@ -455,6 +485,7 @@ async fn traffic_on(
         d1.saturating_sub(d0),
     );
     t.simulcast = media == Media::Simulcast;
+    t.sfu_busiest_thread_cpu_s = busiest_thread;
     Ok(t)
 }
 
@@ -827,6 +858,17 @@ fn run(args: &mut Args) -> anyhow::Result<std::process::ExitCode> {
     {
         bail!("meetings need at least 2 participants");
     }
+    if args.meetings == 0 || !(1..=64).contains(&args.media_shards) {
+        bail!("--meetings must be at least 1, --media-shards 1 to 64");
+    }
+    if args.sfu_cpu.is_empty()
+        || !args
+            .sfu_cpu
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == ',' || c == '-')
+    {
+        bail!("--sfu-cpu takes a CPU list like 0 or 0,1");
+    }
     if args.seconds == 0 || args.capacity_seconds == 0 {
         bail!("measured windows need at least 1 s");
     }
@@ -929,6 +971,7 @@ fn run(args: &mut Args) -> anyhow::Result<std::process::ExitCode> {
         seconds: args.seconds,
         warmup: args.warmup,
         janus_event_loops: args.janus_event_loops,
+        media_shards: args.media_shards,
         join_rounds: args.join_rounds,
         capacity_seconds: args.capacity_seconds,
         command: std::env::args().collect::<Vec<_>>().join(" "),
@@ -986,7 +1029,10 @@ async fn scenarios(
             continue;
         }
         for &n in &sizes {
-            let name = format!("{} N={n}", media.name());
+            let name = match env.args.meetings {
+                1 => format!("{} N={n}", media.name()),
+                m => format!("{} {m}×N={n}", media.name()),
+            };
             let mut runs: Vec<Vec<anyhow::Result<report::Traffic>>> =
                 which.iter().map(|_| Vec::new()).collect();
             for round in 0..rounds {

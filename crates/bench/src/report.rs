@@ -15,7 +15,10 @@ const MAX_LOSS_FOR_EFFICIENCY: f64 = 0.005;
 /// One forwarding scenario on one SFU.
 #[derive(Debug, Clone)]
 pub struct Traffic {
+    /// Participants per meeting.
     pub n: usize,
+    /// Meetings of `n` running at once on the one SFU (`--meetings`).
+    pub meetings: usize,
     pub video: bool,
     /// The video was published as three simulcast layers (each subscriber receives one).
     pub simulcast: bool,
@@ -23,6 +26,8 @@ pub struct Traffic {
     pub seconds: f64,
     /// SFU utime + stime during the window.
     pub sfu_cpu_s: f64,
+    /// The part of it its busiest thread used: all of it for work on one core.
+    pub sfu_busiest_thread_cpu_s: f64,
     pub load_cpu_s: f64,
     /// CPU the rest of the machine used during the window (all CPUs busy time minus SFU and
     /// load; includes softirq work the kernel did not charge to either): other programs
@@ -66,8 +71,15 @@ pub struct Traffic {
 }
 
 impl Traffic {
+    /// Participants of every meeting.
+    pub fn participants(&self) -> usize {
+        self.n * self.meetings.max(1)
+    }
     pub fn cpu_pct(&self) -> f64 {
         100.0 * self.sfu_cpu_s / self.seconds
+    }
+    pub fn busiest_thread_cpu_pct(&self) -> f64 {
+        100.0 * self.sfu_busiest_thread_cpu_s / self.seconds
     }
     pub fn load_cpu_pct(&self) -> f64 {
         100.0 * self.load_cpu_s / self.seconds
@@ -96,7 +108,7 @@ impl Traffic {
         if self.video {
             per_second += 1.0 / VIDEO_EVERY.as_secs_f64();
         }
-        self.n as f64 * self.seconds * per_second
+        self.participants() as f64 * self.seconds * per_second
     }
     /// The share of the scheduled frames the publishers sent: below 1 when the load
     /// generator could not keep up, so the SFU was not offered the whole load.
@@ -118,11 +130,11 @@ impl Traffic {
     /// for it. RSS also counts the pages of the binary and its libraries that the load made
     /// the process touch for the first time; those do not grow with N.
     pub fn mem_per_participant_kib(&self) -> f64 {
-        self.anon_kib.saturating_sub(self.anon_idle_kib) as f64 / self.n as f64
+        self.anon_kib.saturating_sub(self.anon_idle_kib) as f64 / self.participants() as f64
     }
     /// RSS growth per participant, code pages included.
     pub fn rss_per_participant_kib(&self) -> f64 {
-        self.rss_kib.saturating_sub(self.rss_idle_kib) as f64 / self.n as f64
+        self.rss_kib.saturating_sub(self.rss_idle_kib) as f64 / self.participants() as f64
     }
 
     /// A clean 5 s measurement of an N-by-N meeting for tests: no loss, 1 ms p99 delay,
@@ -132,10 +144,12 @@ impl Traffic {
         let streams = (n * (n - 1)) as u64;
         Traffic {
             n,
+            meetings: 1,
             video,
             simulcast: false,
             seconds: 5.0,
             sfu_cpu_s: 0.5,
+            sfu_busiest_thread_cpu_s: 0.5,
             load_cpu_s: 1.0,
             other_cpu_s: 0.0,
             media_packets: streams * 500,
@@ -177,8 +191,9 @@ pub fn quantile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-/// The figures of one scenario. `reports[i]` holds participant `i`'s peers; the window is
-/// in ns since the epoch and selects frames by send time.
+/// The figures of one scenario. `reports[i]` holds participant `i`'s peers, in meetings of
+/// `n` (participant i in meeting i / n, each meeting N-by-N); the window is in ns since the
+/// epoch and selects frames by send time.
 pub fn traffic(
     n: usize,
     video: bool,
@@ -201,10 +216,13 @@ pub fn traffic(
     }
     let mut t = Traffic {
         n,
+        meetings: reports.len().div_ceil(n.max(1)).max(1),
         video,
         simulcast: false,
         seconds: sfu.2.at.saturating_duration_since(sfu.1.at).as_secs_f64(),
         sfu_cpu_s: sfu.2.cpu_s - sfu.1.cpu_s,
+        // Set by the caller, which reads the threads.
+        sfu_busiest_thread_cpu_s: f64::NAN,
         load_cpu_s: load.1.cpu_s - load.0.cpu_s,
         other_cpu_s: (sfu.2.machine_busy_s - sfu.1.machine_busy_s)
             - (sfu.2.cpu_s - sfu.1.cpu_s)
@@ -235,6 +253,8 @@ pub fn traffic(
     let mut delays = Vec::new();
     let mut frame_delays = Vec::new();
     let mut stream_losses = Vec::new();
+    // Participant i is in meeting i / n; everyone receives the others of their meeting.
+    let meeting = |i: u32| i as usize / n.max(1);
     for (r, peers) in reports.iter().enumerate() {
         let r = r as u32;
         let mut got: HashMap<(u32, Kind), u64> = HashMap::new();
@@ -243,7 +263,13 @@ pub fn traffic(
             t.unstamped += p.unstamped;
             t.keyframe_requests += p.keyframe_requests;
             for f in &p.received {
-                if f.from == r || !inside(f.sent_ns) || !seen.insert((f.from, f.kind, f.seq)) {
+                // A frame from another meeting is not this meeting's egress (and would be
+                // the SFU's bug: sealroom's call tests check that meetings stay apart).
+                if f.from == r
+                    || meeting(f.from) != meeting(r)
+                    || !inside(f.sent_ns)
+                    || !seen.insert((f.from, f.kind, f.seq))
+                {
                     continue;
                 }
                 *got.entry((f.from, f.kind)).or_default() += 1;
@@ -253,7 +279,7 @@ pub fn traffic(
             }
         }
         for (&(from, kind), &expected) in &sent {
-            if from == r || expected == 0 {
+            if from == r || expected == 0 || meeting(from) != meeting(r) {
                 continue;
             }
             let g = got.get(&(from, kind)).copied().unwrap_or(0).min(expected);
@@ -565,6 +591,8 @@ pub struct Context {
     pub seconds: u64,
     pub warmup: u64,
     pub janus_event_loops: u32,
+    /// sealroom's `--media-shards`.
+    pub media_shards: usize,
     pub join_rounds: usize,
     /// Window of each capacity search trial, seconds.
     pub capacity_seconds: u64,
@@ -1113,8 +1141,10 @@ pub fn markdown(ctx: &Context, results: &[Outcome]) -> String {
          Every participant publishes Opus (50 frames/s) and, in video meetings, VP8 320×240 \
          (30 frames/s, ≈100 kbit/s; in simulcast meetings as three layers rid l/m/h carrying \
          1/4, 1/2 and all of each frame, the SFU choosing one per subscriber) and subscribes \
-         to everyone else. sealroom: \
-         one bundled connection per participant (open level, no MLS). Janus: VideoRoom, a \
+         to everyone else; a scenario named M×N=n runs M meetings of n at once on the one \
+         SFU, each n-by-n. sealroom: \
+         one bundled connection per participant (open level, no MLS), {} media shard(s). \
+         Janus: VideoRoom, a \
          publisher connection and one multistream subscriber connection per participant, \
          `event_loops = {}`. CPU is utime+stime of the SFU process from /proc; egress media \
          packets are the RTP packets of the frames the subscribers received; delay runs from the \
@@ -1131,7 +1161,7 @@ pub fn markdown(ctx: &Context, results: &[Outcome]) -> String {
          that decrypted: signaling, admission, the MLS binding, KeyPackage, the commit that \
          adds the newcomer and its Welcome (or, for the first, the new group), SFrame keys, \
          media connection and a keyframe.\n",
-        ctx.warmup, ctx.seconds, ctx.janus_event_loops, ctx.join_rounds
+        ctx.warmup, ctx.seconds, ctx.media_shards, ctx.janus_event_loops, ctx.join_rounds
     );
     if let Some((p50, p99)) = ctx.direct_delay_ms {
         let _ = writeln!(
@@ -1198,7 +1228,7 @@ pub fn markdown(ctx: &Context, results: &[Outcome]) -> String {
     if fixed {
         let _ = writeln!(
             md,
-            "\n## Details\n\n| Scenario | SFU | SFU CPU % | media pkt/s out | datagrams/s out \
+            "\n## Details\n\n| Scenario | SFU | SFU CPU % (its busiest thread) | media pkt/s out | datagrams/s out \
              | frames published, % of schedule | frames received / expected | worst stream loss % \
              | delay max ms | SFU RSS idle → loaded MiB | load CPU % | other CPU % | socket drops \
              | keyframe requests |\n\
@@ -1210,10 +1240,11 @@ pub fn markdown(ctx: &Context, results: &[Outcome]) -> String {
             Ok(Data::Traffic(t)) => {
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {} | {} | {} | {} | {} / {} | {} | {} | {} → {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} ({}) | {} | {} | {} | {} / {} | {} | {} | {} → {} | {} | {} | {} | {} |",
                     o.scenario,
                     o.sfu,
                     num(t.cpu_pct(), 1),
+                    num(t.busiest_thread_cpu_pct(), 1),
                     num(t.media_pps(), 0),
                     num(t.udp_out_pps(), 0),
                     num(100.0 * t.published_share(), 1),
@@ -1398,7 +1429,7 @@ fn capacity_details(results: &[Outcome], direct: Option<(f64, f64)>) -> String {
 }
 
 /// The columns of the CSV, in order.
-const CSV_COLUMNS: [&str; 41] = [
+const CSV_COLUMNS: [&str; 43] = [
     "scenario",
     "sfu",
     "n",
@@ -1438,6 +1469,8 @@ const CSV_COLUMNS: [&str; 41] = [
     "frame_delay_p50_ms",
     "frame_delay_p99_ms",
     "published_pct",
+    "meetings",
+    "sfu_busiest_thread_cpu_pct",
     "note",
     "error",
 ];
@@ -1473,11 +1506,16 @@ impl CsvRow {
 
     fn traffic(&mut self, t: &Traffic, direct: Option<(f64, f64)>) {
         self.set("n", t.n);
+        self.set("meetings", t.meetings);
         self.set("video", t.video);
         self.set("simulcast", t.simulcast);
         self.set("seconds", format!("{:.3}", t.seconds));
         self.set("sfu_cpu_s", format!("{:.3}", t.sfu_cpu_s));
         self.set("sfu_cpu_pct", format!("{:.2}", t.cpu_pct()));
+        self.set(
+            "sfu_busiest_thread_cpu_pct",
+            format!("{:.2}", t.busiest_thread_cpu_pct()),
+        );
         self.set("media_packets", t.media_packets);
         self.set("media_pps", format!("{:.1}", t.media_pps()));
         self.set("udp_out_pps", format!("{:.1}", t.udp_out_pps()));
@@ -1736,16 +1774,21 @@ mod tests {
         assert_eq!(pooled.join.times_ms, vec![90.0, 93.0]);
     }
 
+    /// A publisher's record of `frames` audio frames, one a millisecond from 0.
+    fn audio_every_ms(frames: u32) -> Vec<Sent> {
+        (0..frames)
+            .map(|i| Sent {
+                kind: Kind::Audio,
+                sent_ns: u64::from(i) * 1_000_000,
+            })
+            .collect()
+    }
+
     #[test]
     fn loss_delay_and_efficiency_come_from_the_window() {
         // Two participants; each sends 10 audio frames at 0..10 ms, the window is [2, 8) ms.
         let ms = 1_000_000u64;
-        let sent: Vec<Sent> = (0..10u32)
-            .map(|i| Sent {
-                kind: Kind::Audio,
-                sent_ns: u64::from(i) * ms,
-            })
-            .collect();
+        let sent = audio_every_ms(10);
         // 0 receives everything 1 sent with 1 ms delay; 1 receives every other frame of 0's
         // with 3 ms delay, one of them twice. Each frame waits 2 ms more in the load peer.
         let from = |who: u32, seqs: &[u32], delay: u64| -> Vec<Received> {
@@ -1814,6 +1857,60 @@ mod tests {
     }
 
     #[test]
+    fn meetings_at_once_expect_frames_only_from_their_own_members() {
+        // Two meetings of two: 0 and 1, 2 and 3. Each sends 10 audio frames at 0..10 ms;
+        // each receives all of its partner's, and 0 also gets frames from 2 (another meeting).
+        let ms = 1_000_000u64;
+        let sent = audio_every_ms(10);
+        let from = |who: u32| -> Vec<Received> {
+            (0..10u32)
+                .map(|s| Received {
+                    from: who,
+                    kind: Kind::Audio,
+                    seq: s,
+                    sent_ns: u64::from(s) * ms,
+                    recv_ns: u64::from(s) * ms + ms,
+                    arrived_ns: u64::from(s) * ms + ms,
+                    packets: 1,
+                })
+                .collect()
+        };
+        let peer = |received: Vec<Received>| {
+            vec![PeerReport {
+                sent: sent.clone(),
+                received,
+                ..PeerReport::default()
+            }]
+        };
+        let mut leaked = from(1);
+        leaked.extend(from(2));
+        let reports = vec![peer(leaked), peer(from(0)), peer(from(3)), peer(from(2))];
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_secs(2);
+        let t = traffic(
+            2,
+            false,
+            &reports,
+            (0, 10 * ms),
+            (
+                sample(t0, 0.0, 1000),
+                sample(t0, 1.0, 1500),
+                sample(t1, 1.5, 3000),
+            ),
+            (sample(t0, 0.0, 0), sample(t1, 0.2, 0)),
+            40,
+        );
+        assert_eq!((t.n, t.meetings, t.participants()), (2, 2, 4));
+        // Four streams of 10 frames, all received; the other meeting's 10 are not egress.
+        assert_eq!((t.frames_expected, t.frames_received), (40, 40));
+        assert_eq!(t.media_packets, 40);
+        assert_eq!(t.frames_published, 40);
+        assert!((t.mem_per_participant_kib() - 250.0).abs() < 1e-9);
+        // The schedule counts every publisher of every meeting: 4 × 2 s × 50 frames/s.
+        assert!((t.frames_scheduled() - 400.0).abs() < 1e-9);
+    }
+
+    #[test]
     fn every_csv_row_has_the_header_s_columns() {
         let t0 = Instant::now();
         let t = traffic(
@@ -1856,6 +1953,7 @@ mod tests {
                 seconds: 1,
                 warmup: 1,
                 janus_event_loops: 1,
+                media_shards: 1,
                 join_rounds: 1,
                 capacity_seconds: 1,
                 command: String::new(),
@@ -1935,6 +2033,7 @@ mod tests {
             seconds: 10,
             warmup: 3,
             janus_event_loops: 1,
+            media_shards: 1,
             join_rounds: 1,
             capacity_seconds: 5,
             command: String::new(),

@@ -46,8 +46,14 @@ impl Room {
 }
 
 impl Sealroom {
-    /// Start the server where `net` puts the SFU, pinned to `cpu`; returns once it answers.
-    pub async fn start(bin: &Path, net: &Net, cpu: Option<usize>) -> anyhow::Result<Sealroom> {
+    /// Start the server where `net` puts the SFU, pinned to `cpu`, with `shards` media
+    /// shards; returns once it answers.
+    pub async fn start(
+        bin: &Path,
+        net: &Net,
+        cpu: Option<&str>,
+        shards: usize,
+    ) -> anyhow::Result<Sealroom> {
         let bin = std::fs::canonicalize(bin)
             .with_context(|| format!("no sealroom binary at {}", bin.display()))?;
         let dir = tempfile::Builder::new()
@@ -75,6 +81,8 @@ impl Sealroom {
             .args([
                 "--media-listen",
                 &SocketAddr::new(net.media_ip(), 0).to_string(),
+                "--media-shards",
+                &shards.to_string(),
             ])
             .env("RUST_LOG", "warn")
             .env("NO_COLOR", "1")

@@ -2,6 +2,7 @@
 //! counters of its network namespace), the network namespace the SFU runs in, and pinning.
 
 use anyhow::{bail, Context};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
 use std::time::Instant;
@@ -56,6 +57,30 @@ impl ProcSample {
             machine_busy_s: machine_busy().map_or(0.0, |(busy, _)| busy),
         })
     }
+}
+
+/// utime + stime of each thread of process `pid`, seconds, by thread id (threads that end
+/// between the listing and the read are left out).
+pub fn thread_cpu(pid: u32) -> HashMap<u32, f64> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return HashMap::new();
+    };
+    dir.filter_map(|e| {
+        let e = e.ok()?;
+        let tid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+        Some((tid, cpu_seconds(&stat)?))
+    })
+    .collect()
+}
+
+/// The most CPU one thread used between two [`thread_cpu`] readings, seconds: with the
+/// SFU's CPU it shows how much of the work one core carried.
+pub fn busiest_thread_s(before: &HashMap<u32, f64>, after: &HashMap<u32, f64>) -> f64 {
+    after
+        .iter()
+        .map(|(tid, t)| t - before.get(tid).copied().unwrap_or(0.0))
+        .fold(0.0, f64::max)
 }
 
 /// (busy, total) seconds of all CPUs from the `cpu` line of /proc/stat: user, nice, system,
@@ -172,12 +197,12 @@ impl Net {
         }
     }
 
-    /// A command that runs `program` pinned to `cpu`.
-    pub fn command(&self, cpu: Option<usize>, program: &str) -> tokio::process::Command {
-        match cpu {
+    /// A command that runs `program` pinned to `cpus` (a taskset CPU list).
+    pub fn command(&self, cpus: Option<&str>, program: &str) -> tokio::process::Command {
+        match cpus {
             Some(c) => {
                 let mut cmd = tokio::process::Command::new("taskset");
-                cmd.args(["-c", &c.to_string(), program]);
+                cmd.args(["-c", c, program]);
                 cmd
             }
             None => tokio::process::Command::new(program),
@@ -294,6 +319,19 @@ mod tests {
         assert_eq!(snmp_field(snmp, "Udp", "OutDatagrams"), Some(20));
         assert_eq!(snmp_field(snmp, "Udp", "RcvbufErrors"), Some(3));
         assert_eq!(snmp_field(snmp, "Udp", "Nope"), None);
+    }
+
+    #[test]
+    fn the_busiest_thread_is_the_one_that_used_most_between_readings() {
+        let before = HashMap::from([(1, 10.0), (2, 3.0)]);
+        // Thread 1 used 0.5 s, thread 2 1.5 s, thread 3 started and used 0.75 s.
+        let after = HashMap::from([(1, 10.5), (2, 4.5), (3, 0.75)]);
+        assert_eq!(busiest_thread_s(&before, &after), 1.5);
+        assert_eq!(busiest_thread_s(&after, &HashMap::new()), 0.0);
+        // This process has at least the test's thread, and its CPU is counted.
+        let own = thread_cpu(std::process::id());
+        assert!(!own.is_empty());
+        assert!(own.values().all(|t| *t >= 0.0));
     }
 
     #[test]
