@@ -436,6 +436,23 @@ async fn meetings_spread_over_media_shards_each_on_its_own_port() {
         assert!(counts(&b1.stats(), &[p]).iter().all(|n| *n == 0));
     }
 
+    // Every shard's port is as closed as the one port: a stranger's STUN with guessed
+    // ufrags, and junk, earn no answer from either.
+    let stranger = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    for addr in &addrs {
+        for ufrag in ["aaaa:bbbb", "x:y", "alice:alice", ""] {
+            stranger
+                .send_to(&stun_binding_request(ufrag), addr)
+                .await
+                .expect("send");
+        }
+        for j in junk() {
+            stranger.send_to(&j, addr).await.expect("send junk");
+        }
+    }
+    let got = anything_within(&stranger, Duration::from_secs(1)).await;
+    assert_eq!(got, None, "a media shard answered a stranger");
+
     // B ends: its shard is empty, so meeting C opens there, not beside A.
     for session in [&mut b1, &mut b2] {
         session.send(ClientMsg::Leave).expect("send leave");
