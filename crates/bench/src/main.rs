@@ -313,6 +313,14 @@ impl Server {
             Server::Janus(j) => j.stop().await,
         }
     }
+
+    /// Stop, after printing the end of the SFU's log if what ran on it failed.
+    async fn stop_after<T>(self, result: &anyhow::Result<T>) {
+        if result.is_err() {
+            eprintln!("  the SFU's log ends:\n{}", self.log_tail());
+        }
+        self.stop().await;
+    }
 }
 
 /// What a run needs to start SFUs and make peers.
@@ -407,10 +415,7 @@ async fn traffic(
 ) -> anyhow::Result<Traffic> {
     let mut server = env.start(which).await?;
     let result = traffic_on(env, &mut server, n, media, seconds).await;
-    if result.is_err() {
-        eprintln!("  the SFU's log ends:\n{}", server.log_tail());
-    }
-    server.stop().await;
+    server.stop_after(&result).await;
     result
 }
 
@@ -542,7 +547,7 @@ async fn joins(
     for _ in 0..rounds.max(1) {
         let mut server = env.start(which).await?;
         let result = joins_on(env, &mut server, n, storm).await;
-        server.stop().await;
+        server.stop_after(&result).await;
         times.extend(result?);
     }
     Ok(JoinResult::new(n, times))
@@ -601,7 +606,7 @@ async fn join_load(
     for _ in 0..rounds.max(1) {
         let mut server = env.start(which).await?;
         let result = join_load_on(env, &mut server, n, joining).await;
-        server.stop().await;
+        server.stop_after(&result).await;
         let r = result?;
         match &mut all {
             None => all = Some(r),
@@ -700,7 +705,7 @@ async fn joins_e2ee(env: &Env, n: usize, storm: bool, rounds: usize) -> anyhow::
             Server::Sealroom(s) => joins_e2ee_on(env, s, n, storm).await,
             Server::Janus(_) => Err(anyhow::anyhow!("encrypted joins need sealroom")),
         };
-        server.stop().await;
+        server.stop_after(&result).await;
         times.extend(result?);
     }
     Ok(JoinResult::new(n, times))

@@ -383,18 +383,25 @@ impl Client {
             origin: self.origin.clone(),
             admission: None,
         };
-        match s.next(Duration::from_secs(10)).await? {
-            Some(ServerMsg::Hello { ended: Some(e), .. }) => Err(Error::SessionEnded {
+        let since = tokio::time::Instant::now();
+        match s.answer(since, ANSWER_WITHIN, "the server's hello").await? {
+            ServerMsg::Hello { ended: Some(e), .. } => Err(Error::SessionEnded {
                 code: e.reason.as_str().into(),
                 message: e.message,
             }),
-            Some(ServerMsg::Hello { state, .. }) if state == expect => Ok(s),
+            ServerMsg::Hello { state, .. } if state == expect => Ok(s),
             other => Err(Error::Protocol(format!(
                 "expected hello({expect:?}), got {other:?}"
             ))),
         }
     }
 }
+
+/// How long the client waits for the server's hello, and for the answer to a join. An
+/// overloaded server is slow, not silent: 16 joining a video meeting of 44, at well over the
+/// SFU's capacity on the bench's machine, waited 6 s at the median for their first frame
+/// (`sealroom-bench --scenarios join-load --join-load-n 44 --join-n 16`).
+const ANSWER_WITHIN: Duration = Duration::from_secs(30);
 
 type WsStream =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -534,42 +541,61 @@ impl Signaling {
 
     /// Ask to join and wait for the decision.
     pub async fn join(&mut self, meeting_id: &str) -> Result<JoinOutcome> {
+        self.join_within(meeting_id, ANSWER_WITHIN).await
+    }
+
+    async fn join_within(&mut self, meeting_id: &str, within: Duration) -> Result<JoinOutcome> {
         self.send(&ClientMsg::Join {
             meeting_id: meeting_id.into(),
         })
         .await?;
+        let since = tokio::time::Instant::now();
         loop {
-            match self.next(Duration::from_secs(10)).await? {
-                Some(ServerMsg::Admitted {
+            match self.answer(since, within, "the answer to the join").await? {
+                ServerMsg::Admitted {
                     meeting,
                     you,
                     participants,
                     ..
-                }) => {
+                } => {
                     return Ok(JoinOutcome::Admitted {
                         meeting,
                         you,
                         participants,
                     })
                 }
-                Some(ServerMsg::Lobby) => return Ok(JoinOutcome::Lobby),
-                Some(ServerMsg::Refused { reason, message }) => {
+                ServerMsg::Lobby => return Ok(JoinOutcome::Lobby),
+                ServerMsg::Refused { reason, message } => {
                     return Ok(JoinOutcome::Refused(reason, message))
                 }
-                Some(ServerMsg::Error { code, message }) => {
+                ServerMsg::Error { code, message } => {
                     return Err(Error::Api {
                         status: 0,
                         code,
                         message,
                     });
                 }
-                Some(_) => continue,
-                None => {
-                    return Err(Error::Transport(
-                        "the socket closed before an answer".into(),
-                    ))
-                }
+                _ => continue,
             }
+        }
+    }
+
+    /// The next server message within `within` of `since`. The error says which went wrong:
+    /// the socket closed, or `what` did not come in time (a slow server is not a closed one).
+    async fn answer(
+        &mut self,
+        since: tokio::time::Instant,
+        within: Duration,
+        what: &str,
+    ) -> Result<ServerMsg> {
+        match tokio::time::timeout_at(since + within, self.recv()).await {
+            Ok(Ok(Some(m))) => Ok(m),
+            Ok(Ok(None)) => Err(Error::Transport(format!("the socket closed before {what}"))),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(Error::Transport(format!(
+                "{what} did not come within {} s",
+                within.as_secs_f64()
+            ))),
         }
     }
 }
@@ -577,6 +603,82 @@ impl Signaling {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A signaling socket to a fake server on loopback that says hello and then does
+    /// `then` with the server's end.
+    async fn fake_server<F, Fut>(then: F) -> Signaling
+    where
+        F: FnOnce(tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>) -> Fut
+            + Send
+            + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let mut ws = tokio_tungstenite::accept_async(tcp)
+                .await
+                .expect("handshake");
+            let hello = ServerMsg::Hello {
+                state: SocketState::Authenticated,
+                ended: None,
+            };
+            let text = serde_json::to_string(&hello).expect("json");
+            ws.send(Message::Text(text.into())).await.expect("hello");
+            then(ws).await;
+        });
+        let (stream, _) = tokio_tungstenite::connect_async(format!("ws://{addr}"))
+            .await
+            .expect("connect");
+        let mut s = Signaling {
+            stream,
+            origin: format!("http://{addr}"),
+            admission: None,
+        };
+        let hello = s
+            .answer(tokio::time::Instant::now(), ANSWER_WITHIN, "the hello")
+            .await
+            .expect("hello");
+        assert!(matches!(hello, ServerMsg::Hello { .. }), "{hello:?}");
+        s
+    }
+
+    #[tokio::test]
+    async fn a_join_unanswered_in_time_is_not_called_a_closed_socket() {
+        // The server reads the join and says nothing (an overloaded server is slow).
+        let mut s = fake_server(|mut ws| async move {
+            let _join = ws.next().await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        })
+        .await;
+        let e = s
+            .join_within("m", Duration::from_millis(200))
+            .await
+            .expect_err("no answer");
+        assert_eq!(
+            e.to_string(),
+            Error::Transport("the answer to the join did not come within 0.2 s".into()).to_string()
+        );
+
+        // The server closes the socket instead of answering.
+        let mut s = fake_server(|mut ws| async move {
+            let _join = ws.next().await;
+            let _ = ws.close(None).await;
+        })
+        .await;
+        let e = s
+            .join_within("m", Duration::from_secs(5))
+            .await
+            .expect_err("closed");
+        assert!(
+            e.to_string()
+                .contains("the socket closed before the answer to the join"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn enrolment_links_and_meeting_urls_parse() {
