@@ -24,8 +24,13 @@ pub enum Error {
     NotFound,
     Conflict(&'static str, String),
     RateLimited(u64),
+    /// The database's writers were too busy (an overloaded server): nothing was changed.
+    Busy,
     Internal(String),
 }
+
+/// What a client is told when its request met a busy database.
+pub const BUSY_MESSAGE: &str = "The server is busy; nothing was changed. Try again in a moment.";
 
 impl From<sealroom_store::StoreError> for Error {
     fn from(e: sealroom_store::StoreError) -> Self {
@@ -34,6 +39,10 @@ impl From<sealroom_store::StoreError> for Error {
                 Error::Conflict("conflict", "That already exists.".into())
             }
             sealroom_store::StoreError::NotFound => Error::NotFound,
+            e if e.is_busy() => {
+                tracing::warn!(error = %e, "database busy: a request was turned away");
+                Error::Busy
+            }
             e => Error::Internal(e.to_string()),
         }
     }
@@ -66,6 +75,19 @@ impl IntoResponse for Error {
                     .into_response();
                 r.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                return r;
+            }
+            Error::Busy => {
+                let mut r = (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Json(ApiError {
+                        code: "busy".into(),
+                        message: BUSY_MESSAGE.into(),
+                    }),
+                )
+                    .into_response();
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(1));
                 return r;
             }
             Error::Internal(detail) => {
@@ -455,4 +477,23 @@ pub fn router(app: AppRef) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .layer(middleware::from_fn_with_state(app.clone(), edge))
         .with_state(app)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_database_is_a_retryable_503_not_an_internal_error() {
+        let e = Error::from(sealroom_store::StoreError::Busy);
+        assert!(matches!(e, Error::Busy), "{e:?}");
+        let r = e.into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            r.headers().get(header::RETRY_AFTER),
+            Some(&HeaderValue::from(1))
+        );
+        let e = Error::from(sealroom_store::StoreError::Corrupt("x".into()));
+        assert!(matches!(e, Error::Internal(_)), "{e:?}");
+    }
 }

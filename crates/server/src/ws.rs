@@ -568,6 +568,7 @@ impl Socket {
                         "no_such_participant",
                         "Nobody with that id is in this meeting or its lobby.".to_string(),
                     ),
+                    Error::Busy => ("busy", crate::http::BUSY_MESSAGE.to_string()),
                     Error::Internal(detail) => {
                         tracing::error!(%detail, "signaling error");
                         (

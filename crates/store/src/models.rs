@@ -212,6 +212,7 @@ impl Store {
 
     /// Keep a session alive (idle timeout). Not audited: it decides nothing.
     pub async fn touch_session(&self, id_hash: &str, now: i64) -> Result<()> {
+        let _turn = self.write_turn().await?;
         sqlx::query("UPDATE sessions SET last_seen_at = ? WHERE id_hash = ?")
             .bind(now)
             .bind(id_hash)
