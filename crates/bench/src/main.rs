@@ -56,7 +56,9 @@ struct Args {
     seconds: u64,
     /// Run every forwarding scenario this many times, alternating which SFU goes first. The
     /// tables then use each SFU's median run by efficiency, and a table lists every run's
-    /// efficiency and the run-by-run ratios (the noise between runs, in the open).
+    /// efficiency and the run-by-run ratios (the noise between runs, in the open). The
+    /// capacity scenarios measure each load point (50 % and 90 % of capacity) this many times
+    /// too: their rows use the run with the median p99 delay and name every run's p99.
     #[arg(long, default_value_t = 1)]
     repeat: usize,
     /// Media runs this long after everyone receives before the window opens, seconds.
@@ -515,14 +517,22 @@ async fn capacity_search(
         trials.push(trial);
     }
     if let Some(cap) = search.capacity() {
+        // One window's p99 moves by a factor of two or three between runs on a shared
+        // machine, so each load point is measured `--repeat` times, each on a fresh SFU.
+        let rounds = env.args.repeat.max(1);
         for share in capacity::LOAD_POINTS {
             let n = capacity::size_at_share(cap, share);
             let role = Role::Share(share);
-            eprintln!(" N={n} ({}) …", role.describe());
-            let r = traffic(env, which, n, Media::of(video), env.args.seconds).await;
-            let trial = Trial::new(n, role, r, direct_p99_ms);
-            eprintln!("  {}", trial.verdict.describe());
-            trials.push(trial);
+            for round in 1..=rounds {
+                match rounds {
+                    1 => eprintln!(" N={n} ({}) …", role.describe()),
+                    _ => eprintln!(" N={n} ({}, run {round}/{rounds}) …", role.describe()),
+                }
+                let r = traffic(env, which, n, Media::of(video), env.args.seconds).await;
+                let trial = Trial::new(n, role, r, direct_p99_ms);
+                eprintln!("  {}", trial.verdict.describe());
+                trials.push(trial);
+            }
         }
     }
     CapacityResult {
