@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 mod capacity;
+mod floor;
 mod janus;
 mod peer;
 mod plot;
@@ -128,6 +129,12 @@ struct Args {
     /// Run on loopback without a network namespace (sealroom only: Janus needs one).
     #[arg(long)]
     loopback: bool,
+    /// Run as the floor's null forwarder on this address (started by the `floor` scenarios).
+    #[arg(long, hide = true)]
+    floor_forwarder: Option<SocketAddr>,
+    /// The null forwarder decrypts and re-encrypts every packet (SRTP's AEAD AES-256-GCM).
+    #[arg(long, hide = true)]
+    floor_aead: bool,
     /// Write latest.md, latest.csv and the PNG plots here (default: bench/results). --smoke
     /// writes nothing unless this is given, and never plots.
     #[arg(long)]
@@ -150,6 +157,10 @@ enum Group {
     /// Forwarding delay in a running video meeting (`--join-load-n`) before and while
     /// `--join-n` more participants join it at once.
     JoinLoad,
+    /// The floor: a null forwarder (kernel UDP only, and with SRTP's cipher on every packet)
+    /// carrying the audio and video meetings of `--sizes`. What it reaches bounds what any
+    /// SFU can reach on this machine (`crates/bench/src/floor.rs`).
+    Floor,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -784,6 +795,60 @@ async fn all_decrypting(
     }
 }
 
+/// The floor scenarios: every size of `--sizes`, audio and video, through the null forwarder
+/// without and with the cipher, `rounds` times each (the median run by efficiency).
+async fn floors(
+    env: &Env,
+    sizes: &[usize],
+    rounds: usize,
+    repeats: &mut Vec<report::Repeats>,
+) -> Vec<Outcome> {
+    let mut out = Vec::new();
+    if env.args.meetings != 1 {
+        eprintln!("note: the floor runs one meeting at a time; skipped with --meetings");
+        return out;
+    }
+    for media in [Media::Audio, Media::Video] {
+        for &n in sizes {
+            let name = format!("{} N={n}", media.name());
+            for variant in [floor::Variant::Udp, floor::Variant::Aead] {
+                let plan = floor::Plan {
+                    n,
+                    video: media.video(),
+                    variant,
+                    warmup: Duration::from_secs(env.args.warmup),
+                    seconds: Duration::from_secs(env.args.seconds),
+                };
+                let mut runs = Vec::new();
+                for round in 0..rounds {
+                    eprintln!("{name}: {} (run {}/{rounds}) …", variant.label(), round + 1);
+                    let r = floor::measure(&env.net, env.sfu_cpu(), plan).await;
+                    if let Err(e) = &r {
+                        eprintln!("  failed: {e:#}");
+                    }
+                    runs.push(r);
+                }
+                if rounds > 1 {
+                    repeats.push(report::Repeats {
+                        scenario: name.clone(),
+                        sfu: variant.label(),
+                        efficiency: runs
+                            .iter()
+                            .map(|r| r.as_ref().ok().map(report::Traffic::efficiency))
+                            .collect(),
+                    });
+                }
+                out.push(Outcome::traffic(
+                    name.clone(),
+                    variant.label(),
+                    report::median_run(runs),
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// The same delay measured without an SFU: one publisher straight to one subscriber, for
 /// `seconds`. What the SFUs add is their delay minus this.
 async fn baseline(env: &Env) -> anyhow::Result<(f64, f64)> {
@@ -839,6 +904,19 @@ fn janus_available(args: &Args) -> bool {
 
 fn main() -> std::process::ExitCode {
     let mut args = Args::parse();
+    if let Some(bind) = args.floor_forwarder {
+        let variant = match args.floor_aead {
+            true => floor::Variant::Aead,
+            false => floor::Variant::Udp,
+        };
+        return match floor::forward(bind, variant) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("floor forwarder: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     match run(&mut args) {
         Ok(code) => code,
         Err(e) => {
@@ -858,9 +936,11 @@ fn run(args: &mut Args) -> anyhow::Result<std::process::ExitCode> {
         args.max_n = 2;
         args.capacity_seconds = 3;
         args.join_load_n = 2;
-        // Not in the default set, but smoke runs it too, so that it cannot rot.
-        if !args.scenarios.contains(&Group::JoinLoad) {
-            args.scenarios.push(Group::JoinLoad);
+        // Not in the default set, but smoke runs them too, so that they cannot rot.
+        for g in [Group::JoinLoad, Group::Floor] {
+            if !args.scenarios.contains(&g) {
+                args.scenarios.push(g);
+            }
         }
     }
     if args.repeat == 0 {
@@ -1087,6 +1167,9 @@ async fn scenarios(
                 ));
             }
         }
+    }
+    if env.args.scenarios.contains(&Group::Floor) {
+        out.extend(floors(env, &sizes, rounds, &mut repeats).await);
     }
     let joins_wanted = env.args.scenarios.contains(&Group::Join);
     for storm in [false, true].into_iter().filter(|_| joins_wanted) {

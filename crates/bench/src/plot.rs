@@ -69,7 +69,8 @@ struct Point<'a> {
 fn points(results: &[Outcome], direct: Option<(f64, f64)>) -> Vec<Point<'_>> {
     let within = |t: &Traffic| capacity::verdict(t, direct.map(|d| d.1)).pass();
     let mut out = Vec::new();
-    for o in results {
+    // The floor's null forwarder is in its own table, not in the SFUs' plots.
+    for o in results.iter().filter(|o| !o.sfu.starts_with("floor")) {
         match &o.data {
             // Simulcast meetings are in the table, not in the plots' audio/video lines.
             Ok(Data::Traffic(t)) if !t.simulcast => out.push(Point {

@@ -1263,6 +1263,7 @@ pub fn markdown(ctx: &Context, results: &[Outcome]) -> String {
             capacity::LOAD_BOUND_CPU_PCT
         );
     }
+    md.push_str(&floor_section(results));
     let fixed = results
         .iter()
         .any(|o| !matches!(o.data, Ok(Data::Capacity(_))));
@@ -1341,6 +1342,70 @@ pub fn markdown(ctx: &Context, results: &[Outcome]) -> String {
     }
     if capacities {
         md.push_str(&capacity_details(results, ctx.direct_delay_ms));
+    }
+    md
+}
+
+/// The floor's table: each SFU's efficiency beside the null forwarder's on the same meetings,
+/// and the ratios that bound sealroom ÷ Janus. Empty without floor results.
+fn floor_section(results: &[Outcome]) -> String {
+    let mut md = String::new();
+    let efficiency = |scenario: &str, sfu: &str| {
+        results.iter().find_map(|o| match &o.data {
+            Ok(Data::Traffic(t)) if o.scenario == scenario && o.sfu == sfu => Some(t.efficiency()),
+            _ => None,
+        })
+    };
+    let mut scenarios: Vec<&str> = Vec::new();
+    for o in results.iter().filter(|o| o.sfu.starts_with("floor")) {
+        if !scenarios.contains(&o.scenario.as_str()) {
+            scenarios.push(&o.scenario);
+        }
+    }
+    if scenarios.is_empty() {
+        return md;
+    }
+    let _ = writeln!(
+        md,
+        "\n## The floor: what any SFU can reach on this machine\n\n\
+         A null forwarder carries the same meetings (`--scenarios floor`, \
+         `crates/bench/src/floor.rs`): the same packet rate and sizes, pinned where the SFUs \
+         run, in the same network namespace. It takes each datagram from the kernel and hands \
+         a copy per subscriber back with `sendmmsg`, and nothing else: no ICE, DTLS, RTCP, \
+         pacing, bandwidth estimation or retransmission history. *floor-udp* forwards the \
+         bytes as they came (the kernel's share alone); *floor-aead* also opens each packet \
+         with SRTP's cipher (AEAD AES-256-GCM, str0m's) and seals it again with each \
+         subscriber's key, as every SFU must. Egress media packets per CPU-second, and in \
+         brackets µs of CPU per packet; the last column, floor-aead ÷ Janus, is the most \
+         sealroom ÷ Janus could be on this machine.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| Scenario | sealroom | Janus | floor-udp | floor-aead | sealroom ÷ floor-aead | \
+         Janus ÷ floor-aead | floor-aead ÷ Janus |\n|---|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    let cell = |e: Option<f64>| match e {
+        Some(e) if e.is_finite() && e > 0.0 => format!("{} ({})", num(e, 0), num(1e6 / e, 2)),
+        _ => "—".into(),
+    };
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) => num(a / b, 2),
+        _ => "—".into(),
+    };
+    for s in scenarios {
+        let (ours, janus) = (efficiency(s, "sealroom"), efficiency(s, "janus"));
+        let (udp, aead) = (efficiency(s, "floor-udp"), efficiency(s, "floor-aead"));
+        let _ = writeln!(
+            md,
+            "| {s} | {} | {} | {} | {} | {} | {} | {} |",
+            cell(ours),
+            cell(janus),
+            cell(udp),
+            cell(aead),
+            ratio(ours, aead),
+            ratio(janus, aead),
+            ratio(aead, janus),
+        );
     }
     md
 }
@@ -1722,6 +1787,51 @@ mod tests {
     use crate::peer::{Received, Sent};
     use std::time::Instant;
 
+    fn context() -> Context {
+        Context {
+            topology: String::new(),
+            pinning: String::new(),
+            busy_before: None,
+            seconds: 10,
+            warmup: 3,
+            janus_event_loops: 1,
+            media_shards: 1,
+            join_rounds: 1,
+            capacity_seconds: 5,
+            command: String::new(),
+            smoke: false,
+            direct_delay_ms: Some((0.1, 0.5)),
+        }
+    }
+
+    #[test]
+    fn the_floor_table_sets_each_sfu_beside_the_null_forwarder() {
+        let with_cpu = |cpu_s: f64| {
+            let mut t = Traffic::example(4, false);
+            t.sfu_cpu_s = cpu_s;
+            t
+        };
+        // 6 000 egress packets: 0.1 s of CPU is 60 000 per CPU-second.
+        let results = vec![
+            Outcome::traffic("audio N=4".into(), "sealroom", Ok(with_cpu(0.2))),
+            Outcome::traffic("audio N=4".into(), "janus", Ok(with_cpu(0.25))),
+            Outcome::traffic("audio N=4".into(), "floor-udp", Ok(with_cpu(0.05))),
+            Outcome::traffic("audio N=4".into(), "floor-aead", Ok(with_cpu(0.1))),
+        ];
+        let md = floor_section(&results);
+        assert!(
+            md.contains(
+                "| audio N=4 | 30000 (33.33) | 24000 (41.67) | 120000 (8.33) | 60000 (16.67) \
+                 | 0.50 | 0.40 | 2.50 |"
+            ),
+            "{md}"
+        );
+        // The headline table keeps to the two SFUs; the floor has its own section.
+        let all = markdown(&context(), &results);
+        assert!(all.contains("## The floor"), "{all}");
+        assert!(floor_section(&results[..2]).is_empty());
+    }
+
     fn sample(at: Instant, cpu_s: f64, rss_kib: u64) -> ProcSample {
         ProcSample {
             at,
@@ -2069,21 +2179,7 @@ mod tests {
             Outcome::capacity("audio capacity".into(), "sealroom", sealroom),
             Outcome::capacity("audio capacity".into(), "janus", janus),
         ];
-        let ctx = Context {
-            topology: String::new(),
-            pinning: String::new(),
-            busy_before: None,
-            seconds: 10,
-            warmup: 3,
-            janus_event_loops: 1,
-            media_shards: 1,
-            join_rounds: 1,
-            capacity_seconds: 5,
-            command: String::new(),
-            smoke: false,
-            direct_delay_ms: Some((0.1, 0.5)),
-        };
-        let md = markdown(&ctx, &results);
+        let md = markdown(&context(), &results);
         for line in [
             "| audio capacity | largest N within limits | 6 | 8+ ‡ | 0.75 (higher is better) |",
             "| audio capacity | added delay p99 at capacity, ms | 2.50 | 0.50 | 5.00 (lower is better) |",
@@ -2097,7 +2193,7 @@ mod tests {
             assert!(md.contains(line), "missing {line:?} in\n{md}");
         }
         assert!(md.contains("- audio capacity, sealroom: capacity N = 6; first failure at N = 7"));
-        let text = csv(&results, ctx.direct_delay_ms);
+        let text = csv(&results, context().direct_delay_ms);
         let widths: Vec<usize> = text.lines().map(|l| l.split(',').count()).collect();
         assert_eq!(
             widths.len(),
