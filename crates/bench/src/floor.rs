@@ -151,13 +151,15 @@ fn open(c: &mut dyn AeadAes256GcmCipher, d: &[u8], out: &mut [u8]) -> Option<usi
     c.decrypt(&nonce(header), &[header], sealed, out).ok()
 }
 
-fn udp_socket(bind: SocketAddr, nonblocking: bool) -> anyhow::Result<std::net::UdpSocket> {
+/// A UDP socket bound to `bind` with 4 MiB buffers each way (capped by net.core.rmem_max /
+/// wmem_max; a smaller buffer still works): a burst of forwarded packets must not be lost
+/// in the load generator and then blamed on the forwarder.
+pub fn udp_socket(bind: SocketAddr, nonblocking: bool) -> anyhow::Result<std::net::UdpSocket> {
     let s = socket2::Socket::new(
         socket2::Domain::for_address(bind),
         socket2::Type::DGRAM,
         Some(socket2::Protocol::UDP),
     )?;
-    // As sealroom and the load peers ask (capped by net.core.rmem_max / wmem_max).
     let _ = s.set_recv_buffer_size(4 << 20);
     let _ = s.set_send_buffer_size(4 << 20);
     s.set_nonblocking(nonblocking)?;

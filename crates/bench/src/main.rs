@@ -795,6 +795,27 @@ async fn all_decrypting(
     }
 }
 
+/// A forwarding scenario's outcome on one SFU: its median run by efficiency; with more than
+/// one run, every run's efficiency goes to `repeats`.
+fn median_outcome(
+    name: &str,
+    sfu: &'static str,
+    runs: Vec<anyhow::Result<Traffic>>,
+    repeats: &mut Vec<report::Repeats>,
+) -> Outcome {
+    if runs.len() > 1 {
+        repeats.push(report::Repeats {
+            scenario: name.to_string(),
+            sfu,
+            efficiency: runs
+                .iter()
+                .map(|r| r.as_ref().ok().map(Traffic::efficiency))
+                .collect(),
+        });
+    }
+    Outcome::traffic(name.to_string(), sfu, report::median_run(runs))
+}
+
 /// The floor scenarios: every size of `--sizes`, audio and video, through the null forwarder
 /// without and with the cipher, `rounds` times each (the median run by efficiency).
 async fn floors(
@@ -828,21 +849,7 @@ async fn floors(
                     }
                     runs.push(r);
                 }
-                if rounds > 1 {
-                    repeats.push(report::Repeats {
-                        scenario: name.clone(),
-                        sfu: variant.label(),
-                        efficiency: runs
-                            .iter()
-                            .map(|r| r.as_ref().ok().map(report::Traffic::efficiency))
-                            .collect(),
-                    });
-                }
-                out.push(Outcome::traffic(
-                    name.clone(),
-                    variant.label(),
-                    report::median_run(runs),
-                ));
+                out.push(median_outcome(&name, variant.label(), runs, repeats));
             }
         }
     }
@@ -1150,21 +1157,7 @@ async fn scenarios(
                 }
             }
             for (&w, rs) in which.iter().zip(runs) {
-                if rounds > 1 {
-                    repeats.push(report::Repeats {
-                        scenario: name.clone(),
-                        sfu: label(w),
-                        efficiency: rs
-                            .iter()
-                            .map(|r| r.as_ref().ok().map(report::Traffic::efficiency))
-                            .collect(),
-                    });
-                }
-                out.push(Outcome::traffic(
-                    name.clone(),
-                    label(w),
-                    report::median_run(rs),
-                ));
+                out.push(median_outcome(&name, label(w), rs, &mut repeats));
             }
         }
     }

@@ -137,7 +137,7 @@ const GONE: &str = "the peer task has ended";
 impl PeerHandle {
     /// Bind the socket and start the task.
     pub async fn spawn(cfg: PeerConfig) -> Result<PeerHandle, String> {
-        let socket = bind(cfg.bind).map_err(|e| format!("binding {}: {e}", cfg.bind))?;
+        let socket = bind(cfg.bind).map_err(|e| format!("{e:#}"))?;
         let local = socket.local_addr().map_err(|e| e.to_string())?;
         let rtc = Rtc::builder()
             .set_crypto_provider(Arc::new(str0m::crypto::from_feature_flags()))
@@ -231,19 +231,10 @@ fn lock(m: &Mutex<Live>) -> std::sync::MutexGuard<'_, Live> {
 
 /// A UDP socket with a large receive buffer (a burst of forwarded frames must not be lost
 /// in the load generator and then blamed on the SFU).
-fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
-    let s = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::DGRAM,
-        Some(socket2::Protocol::UDP),
-    )?;
-    // Capped by net.core.rmem_max; a smaller buffer is still usable.
-    let _ = s.set_recv_buffer_size(4 << 20);
-    let _ = s.set_send_buffer_size(4 << 20);
-    s.set_nonblocking(true)?;
+fn bind(addr: SocketAddr) -> anyhow::Result<UdpSocket> {
+    let s = crate::floor::udp_socket(addr, true)?;
     setsockopt(&s, sockopt::ReceiveTimestampns, &true)?;
-    s.bind(&addr.into())?;
-    UdpSocket::from_std(s.into())
+    Ok(UdpSocket::from_std(s)?)
 }
 
 /// Reads one datagram with its kernel arrival time (`SO_TIMESTAMPNS`, wall clock), turned
